@@ -1,0 +1,1 @@
+"""Data loading for worldtune: video IO and datasets."""

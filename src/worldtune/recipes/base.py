@@ -1,0 +1,67 @@
+"""The recipe contract: what a training system tells the trainer, and nothing more.
+
+A recipe builds its modules and datasets (`build`), turns a batch into losses (`loss`) and, for
+validation and `worldtune generate`, produces samples (`sample`). The trainer owns everything else:
+devices, sharding, optimisation, checkpoints, logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from worldtune.config import RunConfig
+
+
+@dataclass
+class Parts:
+    """What `Recipe.build` returns."""
+
+    # Root of everything that can be trained; its state is what checkpoints hold.
+    model: nn.Module
+    train_dataset: Dataset
+    val_dataset: Dataset | None = None
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    # Frozen helpers (VAE, text encoder, ...): moved to the device, never checkpointed.
+    frozen: dict[str, nn.Module] = field(default_factory=dict)
+    # Units for FSDP sharding, activation checkpointing and compile (transformer blocks).
+    # None: every element of every nn.ModuleList in `model`.
+    blocks: list[nn.Module] | None = None
+    # Names usable in `trainable_models` besides module paths, e.g. {"lora": "*lora_*"}.
+    trainable_aliases: dict[str, str] = field(default_factory=dict)
+    # Anything else the recipe's loss / sample need (noise schedulers, statistics, ...).
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Recipe:
+    """Base class of recipes. Subclasses set `name`, `config_class` and implement build / loss."""
+
+    name: str = ""
+    config_class: type[RunConfig] = RunConfig
+
+    def build(self, cfg: RunConfig) -> Parts:
+        raise NotImplementedError
+
+    def loss(self, parts: Parts, batch: Any) -> dict[str, torch.Tensor]:
+        """Returns {"loss": scalar tensor, other metric name: scalar tensor, ...}."""
+        raise NotImplementedError
+
+    def sample(self, parts: Parts, batch: Any) -> dict[str, Any] | None:
+        """Validation samples: {"video": [B,C,T,H,W] in [-1,1], "target": same (optional),
+        any scalar metrics}. None when the recipe has nothing to sample."""
+        return None
+
+    def batch_size_of(self, batch: Any) -> int:
+        """Number of samples in a batch (for samples/s)."""
+        if isinstance(batch, dict):
+            for value in batch.values():
+                if isinstance(value, torch.Tensor) and value.ndim > 0:
+                    return int(value.shape[0])
+        if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+            return int(batch[0].shape[0])
+        return 1

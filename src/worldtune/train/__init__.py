@@ -1,0 +1,1 @@
+"""Training loop pieces: distributed setup, optimisation, run logging."""

@@ -1,0 +1,149 @@
+"""Process groups, devices and model layout (FSDP2, activation checkpointing, compile).
+
+Models stay plain `nn.Module`s: everything here is applied from outside, per block, in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from worldtune.config import DistConfig
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(cfg: DistConfig) -> DistEnv:
+    """Join the torchrun job when there is one (WORLD_SIZE > 1); otherwise a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cuda else "gloo")
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def shutdown(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj: object, env: DistEnv) -> object:
+    """Rank 0's `obj` on every rank."""
+    if not env.distributed:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def all_reduce_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Mean over ranks (gloo has no AVG, so SUM then divide)."""
+    if not env.distributed:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / env.world_size
+
+
+def compute_dtype(cfg: DistConfig, device: torch.device) -> torch.dtype:
+    """bf16 on GPU and fp32 on CPU unless the config names one."""
+    if cfg.mixed_precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[cfg.mixed_precision]
+
+
+def default_blocks(model: nn.Module) -> list[nn.Module]:
+    """Every element of every ModuleList in `model` (the transformer blocks of our models)."""
+    blocks: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList):
+            blocks.extend(module)
+    return blocks
+
+
+def prepare_model(model: nn.Module, blocks: list[nn.Module], cfg: DistConfig, env: DistEnv) -> nn.Module:
+    """Activation checkpointing and compile per block, then FSDP2 (per block, then root) or a move."""
+    if cfg.activation_checkpointing:
+        from torch.distributed._composable import checkpoint
+
+        for block in blocks:
+            checkpoint(block)
+    if cfg.compile_blocks:
+        for block in blocks:
+            block.compile()
+    if not env.distributed:
+        return model.to(env.device)
+    _fully_shard(model, blocks, cfg, env)
+    return model
+
+
+def _fully_shard(model: nn.Module, blocks: list[nn.Module], cfg: DistConfig, env: DistEnv) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(env.device.type, (env.world_size,))
+    policy = MixedPrecisionPolicy(
+        param_dtype=compute_dtype(cfg, env.device), reduce_dtype=DTYPES[cfg.reduce_dtype]
+    )
+    options = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": cfg.reshard_after_forward}
+    if cfg.cpu_offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    for block in blocks:
+        fully_shard(block, **options)
+    fully_shard(model, **options)
+
+
+@contextlib.contextmanager
+def autocast(cfg: DistConfig, env: DistEnv) -> Iterator[None]:
+    """Mixed precision for a single process; under FSDP the MixedPrecisionPolicy does it."""
+    dtype = compute_dtype(cfg, env.device)
+    if env.distributed or dtype == torch.float32:
+        yield
+        return
+    with torch.autocast(device_type=env.device.type, dtype=dtype):
+        yield
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak accelerator memory, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux

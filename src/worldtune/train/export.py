@@ -1,0 +1,79 @@
+"""`worldtune export`: the weights a user hands on, read straight from a DCP checkpoint.
+
+The checkpoint is read tensor by tensor from its metadata, without building the model, so any size
+exports with one copy of the weights in memory and no GPU. Output: `<name>.safetensors` and
+`<name>.pt` (a plain state dict, loadable with `torch.load(path, weights_only=True)`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from worldtune.train import checkpoint as ckpt
+
+
+def find_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """The checkpoint to export: the one given, RUN_DIR itself if it is one, or the newest in RUN_DIR."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+    elif ckpt.is_complete(Path(run_dir)):
+        path = Path(run_dir)
+    else:
+        path = ckpt.latest_checkpoint(Path(run_dir))
+        if path is None:
+            raise FileNotFoundError(f"{run_dir}: no complete checkpoint under {ckpt.checkpoints_root(Path(run_dir))}")
+    if not ckpt.is_complete(path):
+        raise FileNotFoundError(f"{path}: not a complete checkpoint directory")
+    return path
+
+
+def load_weights(path: Path, section: str = "model", keys: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of `section` ("model" or "ema") in a checkpoint, as full CPU tensors."""
+    reader = dcp.FileSystemReader(str(path / "state"))
+    metadata = reader.read_metadata().state_dict_metadata
+    prefix = section + "."
+    wanted: dict[str, torch.Tensor] = {}
+    for full_key, meta in metadata.items():
+        if not full_key.startswith(prefix) or not isinstance(meta, TensorStorageMetadata):
+            continue
+        name = full_key[len(prefix):]
+        if keys is None or name in keys:
+            wanted[name] = torch.empty(meta.size, dtype=meta.properties.dtype)
+    if not wanted:
+        raise ValueError(f"{path}: checkpoint has no {section!r} weights"
+                         f"{' (was the run trained with train.ema_decay?)' if section == 'ema' else ''}")
+    state = {section: wanted}
+    dcp.load(state, storage_reader=reader, no_dist=True)
+    return state[section]
+
+
+def export_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, ema: bool = False,
+               out_dir: str | Path | None = None, name: str = "model",
+               trainable_only: bool = True) -> list[Path]:
+    path = find_checkpoint(run_dir, checkpoint)
+    trainer_state = ckpt.read_trainer_state(path)
+    keys = set(trainer_state["trainable_keys"]) if trainable_only else None
+    weights = load_weights(path, "ema" if ema else "model", keys)
+    run_root = path.parent.parent if path.parent.name == "checkpoints" else path
+    out = Path(out_dir) if out_dir is not None else run_root / "export"
+    return write_weights(weights, out, name, metadata={"step": str(trainer_state["progress"]["step"])})
+
+
+def write_weights(weights: dict[str, torch.Tensor], out_dir: Path, name: str,
+                  metadata: dict[str, str] | None = None) -> list[Path]:
+    """`<name>.safetensors` and `<name>.pt`, each written to a temporary file and renamed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.contiguous() for k, v in sorted(weights.items())}
+    paths = [out_dir / f"{name}.safetensors", out_dir / f"{name}.pt"]
+    tmp_paths = [p.with_name(p.name + ".tmp") for p in paths]
+    save_file(weights, str(tmp_paths[0]), metadata=metadata)
+    torch.save(weights, tmp_paths[1])
+    for tmp, final in zip(tmp_paths, paths, strict=True):
+        os.replace(tmp, final)
+    return paths
