@@ -14,6 +14,7 @@ must restore every RNG), `data.nan_items` gives some items a NaN target (the ste
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -25,24 +26,26 @@ from worldtune.recipes import Parts, Recipe
 
 
 @dataclass
-class ToyModelConfig:
+class ExampleModelConfig:
     dim: int = 8
     depth: int = 2
     stochastic: bool = False
 
 
 @dataclass
-class ToyDataConfig:
+class ExampleDataConfig:
     num_items: int = 64
     num_val_items: int = 8
     # Items whose target is NaN (non-finite loss injection).
     nan_items: list[int] = field(default_factory=list)
+    # Seconds of simulated IO per item (to see perf/data_wait, or to slow a run down).
+    load_delay_s: float = 0.0
 
 
 @dataclass
-class ToyConfig(RunConfig):
-    model: ToyModelConfig = field(default_factory=ToyModelConfig)
-    data: ToyDataConfig = field(default_factory=ToyDataConfig)
+class ExampleConfig(RunConfig):
+    model: ExampleModelConfig = field(default_factory=ExampleModelConfig)
+    data: ExampleDataConfig = field(default_factory=ExampleDataConfig)
 
 
 class Block(nn.Module):
@@ -55,7 +58,7 @@ class Block(nn.Module):
         return x + self.fc2(torch.tanh(self.fc1(x)))
 
 
-class ToyNet(nn.Module):
+class ExampleNet(nn.Module):
     def __init__(self, dim: int, depth: int) -> None:
         super().__init__()
         self.encoder = nn.Linear(dim, dim)
@@ -66,18 +69,21 @@ class ToyNet(nn.Module):
         h = self.encoder(x)
         for block in self.blocks:
             h = block(h)
-        return self.head(h).squeeze(-1)
+        return self.head(h).sum(-1)  # [B]; not a view (FSDP2 warns about returned views)
 
 
-class ToyDataset(Dataset):
-    def __init__(self, num_items: int, dim: int, offset: int, stochastic: bool, nan_items: list[int]) -> None:
+class ExampleDataset(Dataset):
+    def __init__(self, num_items: int, dim: int, offset: int, stochastic: bool, nan_items: list[int],
+                 load_delay_s: float = 0.0) -> None:
         self.num_items, self.dim, self.offset = num_items, dim, offset
-        self.stochastic, self.nan_items = stochastic, set(nan_items)
+        self.stochastic, self.nan_items, self.load_delay_s = stochastic, set(nan_items), load_delay_s
 
     def __len__(self) -> int:
         return self.num_items
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self.load_delay_s:
+            time.sleep(self.load_delay_s)
         x = torch.randn(self.dim, generator=torch.Generator().manual_seed(index + self.offset))
         if self.stochastic:  # an "augmentation": must be reproducible through SeededDataset
             x = x + 0.1 * torch.randn(self.dim)
@@ -87,15 +93,15 @@ class ToyDataset(Dataset):
         return {"x": x, "y": y}
 
 
-class ToyRecipe(Recipe):
+class ExampleRecipe(Recipe):
     name = "toy"
-    config_class = ToyConfig
+    config_class = ExampleConfig
 
-    def build(self, cfg: ToyConfig) -> Parts:
+    def build(self, cfg: ExampleConfig) -> Parts:
         m, d = cfg.model, cfg.data
-        model = ToyNet(m.dim, m.depth)
-        train = ToyDataset(d.num_items, m.dim, 0, m.stochastic, d.nan_items)
-        val = ToyDataset(d.num_val_items, m.dim, 10_000, False, [])
+        model = ExampleNet(m.dim, m.depth)
+        train = ExampleDataset(d.num_items, m.dim, 0, m.stochastic, d.nan_items, d.load_delay_s)
+        val = ExampleDataset(d.num_val_items, m.dim, 10_000, False, [])
         return Parts(model=model, train_dataset=train, val_dataset=val,
                      trainable_aliases={"trunk": "encoder,blocks"}, extras={"stochastic": m.stochastic})
 
@@ -116,4 +122,4 @@ class ToyRecipe(Recipe):
         return {"video": video, "target": target, "mse": torch.mean((pred - batch["y"]) ** 2)}
 
 
-RECIPE = ToyRecipe()
+RECIPE = ExampleRecipe()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -59,7 +60,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, list(args.overrides))  # fails before any model is built
     result = Trainer(cfg).fit()
-    print(f"worldtune: trained to step {result.step}; last checkpoint {result.last_checkpoint}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"worldtune: trained to step {result.step}; last checkpoint {result.last_checkpoint}")
     return 0
 
 

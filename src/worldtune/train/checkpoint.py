@@ -12,10 +12,12 @@ leaves the previous checkpoint as the newest complete one. Multi-node runs need 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,16 @@ import torch.distributed.checkpoint as dcp
 
 from worldtune.train.distributed import DistEnv, barrier
 
-# A single process saving / loading DCP without a process group is our normal case, not a mistake.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
 TRAINER_STATE = "trainer_state.json"
+
+
+@contextlib.contextmanager
+def quiet_single_process() -> Iterator[None]:
+    """DCP warns when used without a process group; for us that is the normal single-process case."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def checkpoints_root(run_dir: Path) -> Path:
@@ -78,7 +85,8 @@ def save_checkpoint(run_dir: Path, step: int, app_state: dict[str, Any], trainer
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "rng").mkdir(parents=True)
     barrier(env)
-    dcp.save(app_state, checkpoint_id=str(tmp / "state"))
+    with quiet_single_process():
+        dcp.save(app_state, checkpoint_id=str(tmp / "state"))
     torch.save(rng_state, tmp / "rng" / f"rank_{env.rank}.pt")
     barrier(env)
     if env.is_main:
@@ -95,7 +103,8 @@ def save_checkpoint(run_dir: Path, step: int, app_state: dict[str, Any], trainer
 
 def load_checkpoint(path: Path, app_state: dict[str, Any], env: DistEnv) -> tuple[dict, dict | None]:
     """Loads DCP state into `app_state` in place; returns (trainer_state, this rank's RNG or None)."""
-    dcp.load(app_state, checkpoint_id=str(path / "state"))
+    with quiet_single_process():
+        dcp.load(app_state, checkpoint_id=str(path / "state"))
     trainer_state = json.loads((path / TRAINER_STATE).read_text())
     rng_file = path / "rng" / f"rank_{env.rank}.pt"
     rng_state = torch.load(rng_file, weights_only=True) if rng_file.is_file() else None

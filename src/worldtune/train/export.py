@@ -49,7 +49,8 @@ def load_weights(path: Path, section: str = "model", keys: set[str] | None = Non
         raise ValueError(f"{path}: checkpoint has no {section!r} weights"
                          f"{' (was the run trained with train.ema_decay?)' if section == 'ema' else ''}")
     state = {section: wanted}
-    dcp.load(state, storage_reader=reader, no_dist=True)
+    with ckpt.quiet_single_process():
+        dcp.load(state, storage_reader=reader, no_dist=True)
     return state[section]
 
 
