@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import example_tree, write_yaml
 
+from conftest import example_tree, write_yaml
 from worldtune.cli import main
 from worldtune.config import ConfigError, load_config, to_yaml
 

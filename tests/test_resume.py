@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import example_tree, step_metric, subprocess_env, train_example, write_yaml
 
+from conftest import example_tree, step_metric, subprocess_env, train_example, write_yaml
 from worldtune.train import checkpoint as ckpt
 
 # Stochastic data and loss, a stage switch at step 8, accumulation, EMA and validation: every

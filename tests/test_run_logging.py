@@ -131,12 +131,13 @@ def test_format_console_line_known_keys() -> None:
         "perf/data_wait": 0.031,
         "perf/peak_mem_gb": 1.234,
         "train/kl": 0.000123456,
-        "val/loss": 9.0,  # not train/*: not on the console line
+        "val/loss": 9.0,  # validation metrics keep their prefix
+        "perf/other": 3.0,  # neither train/* nor val/*: not on the console line
         "train/tag": "text",  # non-numeric: skipped
     }
     assert format_console_line(120, 1000, metrics) == (
         "step 120/1000 | loss 0.03123 | lr 1.00e-04 | grad_norm 0.841 | step_time 0.211s"
-        " | samples/s 152.3 | data_wait 3% | peak_mem 1.2GB | kl 0.0001235"
+        " | samples/s 152.3 | data_wait 3% | peak_mem 1.2GB | kl 0.0001235 | val/loss 9"
     )
 
 

@@ -17,11 +17,10 @@ import json
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 import torch
 import torch.distributed.checkpoint as dcp
