@@ -52,7 +52,8 @@ def reference(tmp_path_factory) -> Path:
 
 def test_fsdp2_two_ranks_match_single_process_and_resume_with_one(tmp_path, reference):
     run = tmp_path / "fsdp"
-    torchrun(write_yaml(tmp_path / "two.yaml", example_tree(run, **{**STAGED, **global_batch(2)})))
+    sharded = {**STAGED, **global_batch(2), "dist": {"activation_checkpointing": True}}
+    torchrun(write_yaml(tmp_path / "two.yaml", example_tree(run, **sharded)))
     assert_close_losses(run, reference)
     final = load_weights(ckpt.latest_checkpoint(run))
     expected = load_weights(ckpt.latest_checkpoint(reference))
