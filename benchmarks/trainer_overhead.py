@@ -2,28 +2,32 @@
 
 The same model (same seed, so the same initial weights), the same micro-batches in the same order
 and the same AdamW hyperparameters are stepped by `Trainer(cfg, recipe).fit()` and by a plain
-loop (forward, backward, clip_grad_norm_, optimizer.step, zero_grad). Rounds alternate between
-the two sides in one process (bare/trainer, then trainer/bare, ...) so machine noise hits both.
-Prints the time ratio trainer/bare and the peak memory ratio trainer/bare; the goal is at most
-1.05 for both. Always exits 0: this is a measurement, not a test.
+loop (forward, backward, clip_grad_norm_, optimizer.step, zero_grad). Prints the time ratio
+trainer/bare and the peak memory ratio trainer/bare; the goal is at most 1.05 for both. Always
+exits 0: this is a measurement, not a test.
 
     .venv/bin/python benchmarks/trainer_overhead.py                 # CPU, about a minute
     .venv/bin/python benchmarks/trainer_overhead.py --device cuda --dim 1024 --layers 12 \
         --batch 16 --seq 512 --steps 60                              # GPU scale
 
-What is measured:
-- Step time: the recipe's `loss()` records a timestamp at every call on both sides, so the time
-  between consecutive calls is one full loop iteration (data, forward, backward, clipping,
-  optimizer, the trainer's metrics / JSONL logging / console line). The median over the steps
-  after `--warmup-steps`, per run, then the median over the rounds. For reference the trainer's
-  own `perf/step_time` (which stops after the optimizer step, before logging) is compared with the
-  same span of the bare loop, and the whole `fit()` wall time (setup, final checkpoint, loss plot)
-  with the whole bare run.
-- Peak memory: each side runs once more in a fresh subprocess of this script (`--side`), so the
-  two never share a high-water mark. On CUDA torch.cuda.max_memory_allocated (reset at start);
-  on CPU the growth of the peak resident set (getrusage ru_maxrss) over its value just before the
-  run. The headline is the peak reached during the training steps (read when the last step
-  starts); the peak over the whole run (incl. the trainer's final checkpoint) is shown too.
+Time, measured two ways, both interleaving the sides so machine noise hits both alike:
+- Lockstep (the headline): one `fit()` in which the recipe's `loss()`, before the trainer's
+  forward, runs one whole step of the bare loop (its own model copy, optimizer and loader). So
+  bare and trainer steps alternate one by one: a trainer iteration is the time from the end of one
+  bare step to the start of the next (forward, backward, clipping, optimizer, metrics, JSONL,
+  console line, next batch), a bare iteration is one bare step. Medians over the steps after
+  `--warmup-steps`. Robust on a busy machine, where whole runs see very different load.
+- Alternating runs: `--rounds` separate runs per side, bare/trainer then trainer/bare, ... .
+  Per run the median time between consecutive `loss()` calls (one loop iteration), then the
+  median over the runs. Also compares the trainer's own `perf/step_time` (batch fetch to optimizer
+  update, i.e. without its logging) with the same span of the bare loop, and the whole `fit()`
+  wall time (setup, final checkpoint, loss plot) with the whole bare run.
+
+Peak memory: each side runs once more in a fresh subprocess of this script (`--side`), so the two
+never share a high-water mark. On CUDA torch.cuda.max_memory_allocated (reset at the start); on
+CPU the growth of the peak resident set (VmHWM, reset through /proc/self/clear_refs just before
+the run). The headline is the peak reached during the training steps (read as the last step
+starts); the peak over the whole run (incl. the trainer's final checkpoint) is shown too.
 """
 
 from __future__ import annotations

@@ -105,3 +105,12 @@ def test_completed_run_resumes_as_a_no_op(tmp_path):
     result = train_example(run, train={"max_steps": 4})
     assert result.step == 4
     assert step_metric(run) == before
+
+
+def test_worker_processes_give_the_same_run(tmp_path):
+    """Spawned, persistent DataLoader workers load the same items as the main process."""
+    options = {"model": {"dim": 8, "depth": 2, "stochastic": True},
+               "data": {"num_items": 20, "num_val_items": 4}}  # 5 steps per epoch: crosses a boundary
+    train_example(tmp_path / "inline", **options, train={"max_steps": 8, "batch_size": 4})
+    train_example(tmp_path / "workers", **options, train={"max_steps": 8, "batch_size": 4, "num_workers": 2})
+    assert step_metric(tmp_path / "workers") == step_metric(tmp_path / "inline")

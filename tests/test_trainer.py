@@ -160,3 +160,12 @@ def test_export_writes_safetensors_and_pt(tmp_path):
     assert not report.missing_keys and not report.unexpected_keys
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         export_run(tmp_path / "empty")
+
+
+def test_tensorboard_and_offline_wandb_logging(tmp_path):
+    run = tmp_path / "run"
+    train_example(run, train={"max_steps": 2},
+                  log={"tensorboard": True, "wandb_project": "worldtune-test", "wandb_mode": "offline"})
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run / "wandb").glob("offline-run-*"))
+    assert (run / "wandb_id.txt").read_text().strip()

@@ -89,6 +89,9 @@ class TrainConfig:
         _check_positive("train.batch_size", self.batch_size)
         _check_positive("train.gradient_accumulation", self.gradient_accumulation)
         _check_positive("train.dataset_repeat", self.dataset_repeat)
+        for key in ("max_steps", "num_epochs"):
+            if getattr(self, key) is not None:
+                _check_positive(f"train.{key}", getattr(self, key))
         _check_choice("train.lr_scheduler", self.lr_scheduler, ("constant", "cosine"))
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas: expected two values, got {list(self.betas)}")

@@ -28,6 +28,8 @@ class DistEnv:
     world_size: int
     local_rank: int
     device: torch.device
+    # True when this process created the process group (and so destroys it at the end).
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -47,14 +49,15 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()
+    if owns_group:
         backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cuda else "gloo")
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    return DistEnv(rank, world_size, local_rank, device, owns_group)
 
 
 def shutdown(env: DistEnv) -> None:
-    if env.distributed and dist.is_initialized():
+    if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

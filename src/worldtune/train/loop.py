@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class Progress:
     skipped_steps: int = 0
     consecutive_nonfinite: int = 0
     stage: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,8 +126,9 @@ class Trainer:
             len(dataset), cfg.train.batch_size, rank=env.rank, world_size=env.world_size,
             seed=cfg.seed, repeat=cfg.train.dataset_repeat, shuffle=cfg.train.shuffle,
         )
-        micro = self.sampler.micro_batches
-        self.steps_per_epoch = micro // cfg.train.gradient_accumulation
+        self.steps_per_epoch = self.sampler.micro_batches // cfg.train.gradient_accumulation
+        # Yield exactly the micro-batches the epoch uses, so no worker prefetches a dropped one.
+        self.sampler.micro_batches = self.steps_per_epoch * cfg.train.gradient_accumulation
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"train.batch_size: the dataset has {len(dataset)} items x {cfg.train.dataset_repeat} repeats, "
