@@ -1,0 +1,1 @@
+"""Model families: Wan DiT, encoders, and the companion models."""

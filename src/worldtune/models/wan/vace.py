@@ -1,0 +1,82 @@
+"""VACE: hint blocks that read a control video and add their hints to chosen DiT blocks.
+
+Upstream (`wan/modules/vace_model.py`): the control latents go through `vace_patch_embedding`,
+then through `vace_blocks` (full DiT blocks); block 0 first adds `before_proj(c)` to the video
+tokens; each VACE block emits `after_proj(c)` as the hint for main block `vace_layers[i]`, added
+after that block times `context_scale`. Both projections start at zero, so a fresh VACE model
+equals its base model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from worldtune.models.wan.dit import BlockInputs, WanModel, WanOutput
+from worldtune.models.wan.layers import WanBlock
+from worldtune.models.wan.sizes import WanConfig
+
+
+class VaceBlock(WanBlock):
+    def __init__(self, *args, first: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        dim = self.modulation.shape[-1]
+        if first:
+            self.before_proj = nn.Linear(dim, dim)
+        self.after_proj = nn.Linear(dim, dim)
+
+    def forward_hint(self, c: torch.Tensor, x: torch.Tensor, inputs: BlockInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(self, "before_proj"):
+            c = self.before_proj(c) + x
+        c = super().forward(c, inputs.e0, inputs.context, inputs.rope, inputs.image_context, inputs.mask)
+        return c, self.after_proj(c.to(self.after_proj.weight.dtype))
+
+
+class WanVaceModel(WanModel):
+    def __init__(self, config: WanConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.vace_layers = c.resolved_vace_layers
+        if 0 not in self.vace_layers or any(i >= c.num_layers for i in self.vace_layers):
+            raise ValueError(f"vace_layers {self.vace_layers} must include 0 and lie below {c.num_layers}")
+        self.vace_blocks = nn.ModuleList(
+            VaceBlock(c.dim, c.ffn_dim, c.num_heads, c.qk_norm, c.cross_attn_norm, c.eps, first=i == 0)
+            for i in range(len(self.vace_layers))
+        )
+        vace_in = c.vace_in_dim if c.vace_in_dim is not None else c.in_dim
+        self.vace_patch_embedding = nn.Conv3d(vace_in, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self._init_vace()
+
+    def _init_vace(self) -> None:
+        for block in self.vace_blocks:
+            for name in ("before_proj", "after_proj"):
+                if hasattr(block, name):
+                    nn.init.zeros_(getattr(block, name).weight)
+                    nn.init.zeros_(getattr(block, name).bias)
+
+    def vace_hints(self, vace_context: torch.Tensor, tokens: torch.Tensor, inputs: BlockInputs) -> dict[int, torch.Tensor]:
+        """Hint per main-block index from the control latents [B, vace_in_dim, F, H, W]."""
+        c = self.vace_patch_embedding(vace_context.to(self.vace_patch_embedding.weight.dtype))
+        c = c.flatten(2).transpose(1, 2)
+        if c.shape[1] != tokens.shape[1]:
+            raise ValueError(f"vace_context gives {c.shape[1]} tokens, the video {tokens.shape[1]}")
+        hints = {}
+        for layer, block in zip(self.vace_layers, self.vace_blocks, strict=True):
+            c, hints[layer] = block.forward_hint(c, tokens, inputs)
+        return hints
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | list[torch.Tensor], *,
+                vace_context: torch.Tensor | None = None, vace_context_scale: float = 1.0,
+                extra_hints: dict[int, torch.Tensor] | None = None, hint_scale: float = 1.0,
+                frame_offset: int = 0, return_hidden_states: bool = False, **kwargs) -> torch.Tensor | WanOutput:
+        tokens, grid = self.embed_video(x, kwargs.get("y"))
+        e, e0 = self.embed_time(timestep, tokens.shape[1])
+        inputs = self.block_inputs(e0, context, grid, tokens.device, kwargs.get("clip_fea"), frame_offset)
+        hints: dict[int, torch.Tensor] = {}
+        if vace_context is not None:
+            hints = {i: h * vace_context_scale for i, h in self.vace_hints(vace_context, tokens, inputs).items()}
+        for index, extra in (extra_hints or {}).items():
+            hints[index] = hints[index] + extra * hint_scale if index in hints else extra * hint_scale
+        tokens, hidden = self.run_blocks(tokens, inputs, hints, 1.0, return_hidden_states)
+        sample = self.unpatchify(self.head(tokens, e), grid).float()
+        return WanOutput(sample, hidden, grid) if return_hidden_states else sample
