@@ -29,7 +29,6 @@ CPU the growth of the peak resident set (VmHWM, reset through /proc/self/clear_r
 the run). The headline is the peak reached during the training steps (read as the last step
 starts); the peak over the whole run (incl. the trainer's final checkpoint) is shown too.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -121,23 +120,47 @@ class TokenDataset(Dataset):
         return {"tokens": row[:-1], "targets": row[1:]}
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    """Peak resident set size in bytes: VmHWM (resettable), else getrusage's ru_maxrss."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 def _memory_mark(device: torch.device) -> int:
     """High-water mark so far, in bytes (CUDA allocator peak, or the process's peak RSS)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return _peak_rss()
 
 
 class OverheadRecipe(Recipe):
-    """Next-token cross entropy; `loss()` timestamps every call (and reads the memory mark)."""
+    """Next-token cross entropy. `loss()` timestamps every call, optionally reads the memory mark,
+    and, given a `partner` bare loop, runs one step of it first (lockstep mode)."""
 
     name = "trainer_overhead"
     config_class = OverheadConfig
 
-    def __init__(self, device: torch.device, probe_memory: bool = False) -> None:
+    def __init__(self, device: torch.device, probe_memory: bool = False,
+                 partner: BareLoop | None = None) -> None:
         self.device = device
         self.probe_memory = probe_memory
-        self.marks: list[float] = []
+        self.partner = partner
+        self.marks: list[float] = []  # entering loss()
+        self.resumed: list[float] = []  # leaving the partner's step, i.e. starting our forward
         self.memory: list[int] = []
 
     def build(self, cfg: OverheadConfig) -> Parts:
@@ -148,6 +171,9 @@ class OverheadRecipe(Recipe):
 
     def loss(self, parts: Parts, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.marks.append(time.perf_counter())
+        if self.partner is not None:
+            self.partner.step()
+            self.resumed.append(time.perf_counter())
         if self.probe_memory:
             self.memory.append(_memory_mark(self.device))
         logits = parts.model(batch["tokens"])
@@ -155,17 +181,6 @@ class OverheadRecipe(Recipe):
 
 
 # ----------------------------------------------------------------------------- the two sides
-
-
-@dataclass
-class RunResult:
-    side: str
-    marks: list[float]  # perf_counter at each loss() call
-    step_times: list[float]  # bare: fetch..update; trainer: its perf/step_time (the same span)
-    wall: float  # the whole run: build + loop (bare) / fit() (trainer)
-    last_loss: float
-    memory: list[int] = field(default_factory=list)  # memory mark at each loss() call
-    memory_end: int = 0
 
 
 def make_config(args: argparse.Namespace, output_dir: str, steps: int) -> OverheadConfig:
@@ -192,58 +207,86 @@ def make_config(args: argparse.Namespace, output_dir: str, steps: int) -> Overhe
     return build_config(OverheadConfig, tree, source="trainer_overhead")  # type: ignore[return-value]
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def run_bare(args: argparse.Namespace, steps: int, probe_memory: bool = False) -> RunResult:
-    device = torch.device(args.device)
-    cfg = make_config(args, output_dir="unused", steps=steps)
-    tc = cfg.train
-    recipe = OverheadRecipe(device, probe_memory)
-    start_run = time.perf_counter()
-    torch.manual_seed(cfg.seed)  # the Trainer seeds the same way right before recipe.build
-    parts = recipe.build(cfg)
-    model = parts.model.to(device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, betas=(tc.betas[0], tc.betas[1]),
-                                  eps=tc.eps, weight_decay=tc.weight_decay)
-    loader = DataLoader(parts.train_dataset, batch_size=tc.batch_size, shuffle=False, drop_last=True,
-                        pin_memory=device.type == "cuda")  # pinned on CUDA, as the trainer's loader
-    batches = iter(loader)
-    step_times: list[float] = []
-    last_loss = float("nan")
-    for _ in range(steps):
+class BareLoop:
+    """The plain PyTorch loop, built like the trainer builds its run, stepped one step at a time."""
+
+    def __init__(self, args: argparse.Namespace, steps: int, probe_memory: bool = False) -> None:
+        self.device = torch.device(args.device)
+        self.precision = args.precision
+        cfg = make_config(args, output_dir="unused", steps=steps)
+        tc = cfg.train
+        self.max_grad_norm = tc.max_grad_norm
+        self.recipe = OverheadRecipe(self.device, probe_memory)
+        torch.manual_seed(cfg.seed)  # the Trainer seeds the same way right before recipe.build
+        self.parts = self.recipe.build(cfg)
+        self.model = self.parts.model.to(self.device)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=tc.learning_rate, betas=(tc.betas[0], tc.betas[1]),
+                                           eps=tc.eps, weight_decay=tc.weight_decay)
+        loader = DataLoader(self.parts.train_dataset, batch_size=tc.batch_size, shuffle=False, drop_last=True,
+                            pin_memory=self.device.type == "cuda",  # as the trainer's loader
+                            generator=torch.Generator().manual_seed(cfg.seed))  # leaves the global RNG alone
+        self.batches = iter(loader)
+        self.step_times: list[float] = []
+        self.last_loss = float("nan")
+
+    def step(self) -> None:
         start = time.perf_counter()
-        batch = next(batches)
-        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-        with _autocast(args.precision, device):
-            loss = recipe.loss(parts, batch)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-        # One host sync per step, at the point where the trainer has its own: it reads the loss and
-        # the grad norm with a single .tolist() after clipping, before optimizer.step().
-        last_loss = loss.item()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_times.append(time.perf_counter() - start)
-    _sync(device)
+        device = self.device
+        # In lockstep mode this runs inside the trainer's autocast region: use only our own.
+        with torch.autocast(device_type=device.type, enabled=False):
+            batch = next(self.batches)
+            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+            if self.precision == "bf16":
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                    loss = self.recipe.loss(self.parts, batch)["loss"]
+            else:
+                loss = self.recipe.loss(self.parts, batch)["loss"]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            # One host sync per step, at the point where the trainer has its own: it reads the loss
+            # and the grad norm with a single .tolist() after clipping, before optimizer.step().
+            self.last_loss = loss.item()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step_times.append(time.perf_counter() - start)
+
+
+@dataclass
+class RunResult:
+    side: str
+    marks: list[float]  # perf_counter at each loss() call
+    step_times: list[float]  # bare: fetch..update; trainer: its perf/step_time (the same span)
+    wall: float  # the whole run: build + loop (bare) / fit() (trainer)
+    last_loss: float
+    memory: list[int] = field(default_factory=list)  # memory mark at each loss() call
+    memory_end: int = 0
+    partner: BareLoop | None = None
+    resumed: list[float] = field(default_factory=list)
+
+
+def run_bare(args: argparse.Namespace, steps: int, probe_memory: bool = False) -> RunResult:
+    start_run = time.perf_counter()
+    bare = BareLoop(args, steps, probe_memory)
+    for _ in range(steps):
+        bare.step()
+    _sync(bare.device)
     wall = time.perf_counter() - start_run
-    return RunResult("bare", recipe.marks, step_times, wall, last_loss, recipe.memory, _memory_mark(device))
+    return RunResult("bare", bare.recipe.marks, bare.step_times, wall, bare.last_loss, bare.recipe.memory,
+                     _memory_mark(bare.device))
 
 
 def run_trainer(args: argparse.Namespace, steps: int, probe_memory: bool = False,
-                profiler: cProfile.Profile | None = None) -> RunResult:
+                profiler: cProfile.Profile | None = None, lockstep: bool = False) -> RunResult:
     device = torch.device(args.device)
-    recipe = OverheadRecipe(device, probe_memory)
+    partner = BareLoop(args, steps) if lockstep else None
+    recipe = OverheadRecipe(device, probe_memory, partner)
     with tempfile.TemporaryDirectory(prefix="worldtune-overhead-") as tmp:
         cfg = make_config(args, output_dir=tmp, steps=steps)
         console = io.StringIO()  # the trainer's log lines and console metrics, shown on failure only
@@ -265,7 +308,7 @@ def run_trainer(args: argparse.Namespace, steps: int, probe_memory: bool = False
     if result.step != steps or len(records) != steps:
         raise RuntimeError(f"trainer ran {result.step} steps and logged {len(records)}; expected {steps}")
     return RunResult("trainer", recipe.marks, [r["perf/step_time"] for r in records], wall,
-                     float(records[-1]["train/loss"]), recipe.memory, memory_end)
+                     float(records[-1]["train/loss"]), recipe.memory, memory_end, partner, recipe.resumed)
 
 
 RUNNERS = {"bare": run_bare, "trainer": run_trainer}
@@ -274,10 +317,61 @@ RUNNERS = {"bare": run_bare, "trainer": run_trainer}
 # ----------------------------------------------------------------------------- measurement
 
 
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def iteration_times(result: RunResult, warmup: int) -> list[float]:
     """Time between consecutive loss() calls (one full loop iteration), warm-up steps dropped."""
     gaps = [b - a for a, b in zip(result.marks, result.marks[1:], strict=False)]
     return gaps[warmup:]
+
+
+def lockstep(args: argparse.Namespace) -> dict[str, float]:
+    """One fit() with a bare step inside every trainer step; per-side medians (seconds)."""
+    gc.collect()
+    run = run_trainer(args, args.steps, lockstep=True)
+    bare = run.partner
+    assert bare is not None
+    warm = args.warmup_steps
+    # Trainer iteration i: from leaving bare step i (start of trainer forward i) to entering loss()
+    # i+1, which is everything the trainer does for one step, the partner's step excluded.
+    trainer_iter = [b - a for a, b in zip(run.resumed, run.marks[1:], strict=False)][warm:]
+    bare_iter = bare.step_times[warm:]
+    # The trainer's perf/step_time of step i contains bare step i (run inside its loss()).
+    trainer_span = [t - b for t, b in zip(run.step_times, bare.step_times, strict=True)][warm:]
+    paired = [t / b for t, b in zip(trainer_iter, bare_iter[: len(trainer_iter)], strict=True)]
+    return {"bare": med(bare_iter), "trainer": med(trainer_iter), "trainer_span": med(trainer_span),
+            "paired": med(paired), "bare_loss": bare.last_loss, "trainer_loss": run.last_loss,
+            "steps": len(trainer_iter)}
+
+
+def alternating(args: argparse.Namespace) -> dict[str, float]:
+    results: dict[str, list[RunResult]] = {"bare": [], "trainer": []}
+    for round_index in range(args.rounds):
+        order = ("bare", "trainer") if round_index % 2 == 0 else ("trainer", "bare")
+        for side in order:
+            gc.collect()
+            results[side].append(RUNNERS[side](args, args.steps))
+    bare_runs, trainer_runs = results["bare"], results["trainer"]
+    warm = args.warmup_steps
+    print(f"\nalternating runs: ms per step, median over the steps of each run ({args.rounds} rounds)")
+    print(f"{'round':>6}  {'bare iter':>10} {'trainer iter':>13} {'ratio':>6}   "
+          f"{'bare step':>10} {'trainer step_time':>18} {'ratio':>6}   {'bare run':>9} {'fit()':>7}")
+    rows = []
+    for b, t in zip(bare_runs, trainer_runs, strict=True):
+        rows.append((med(iteration_times(b, warm)), med(iteration_times(t, warm)),
+                     med(b.step_times[warm:]), med(t.step_times[warm:]), b.wall, t.wall))
+    for i, (bi, ti, bs, ts, bw, tw) in enumerate(rows, start=1):
+        print(f"{i:>6}  {bi * 1e3:>10.2f} {ti * 1e3:>13.2f} {ti / bi:>6.3f}   "
+              f"{bs * 1e3:>10.2f} {ts * 1e3:>18.2f} {ts / bs:>6.3f}   {bw:>8.2f}s {tw:>6.2f}s")
+    bi, ti, bs, ts, bw, tw = (med([row[k] for row in rows]) for k in range(6))
+    print(f"{'median':>6}  {bi * 1e3:>10.2f} {ti * 1e3:>13.2f} {ti / bi:>6.3f}   "
+          f"{bs * 1e3:>10.2f} {ts * 1e3:>18.2f} {ts / bs:>6.3f}   {bw:>8.2f}s {tw:>6.2f}s")
+    print("  iter: loss() call to loss() call, a whole loop iteration incl. the trainer's logging")
+    print("  step: batch fetch to optimizer update (the span of the trainer's perf/step_time)")
+    print("  run/fit(): the whole run, incl. the trainer's setup, final checkpoint and loss plot")
+    return {"iter": ti / bi, "step": ts / bs, "wall": tw / bw}
 
 
 def measure_memory_in_subprocess(args: argparse.Namespace, side: str) -> dict:
@@ -299,15 +393,40 @@ def side_main(args: argparse.Namespace) -> None:
     """`--side`: one run with memory probes; prints one JSON line for the parent."""
     device = torch.device(args.device)
     gc.collect()
+    resettable = True
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
     else:
-        baseline = _memory_mark(device)
+        resettable = _reset_peak_rss()
+        baseline = _peak_rss()
     result = RUNNERS[args.side](args, args.steps, probe_memory=True)
-    figures = {"baseline": baseline, "steps_peak": result.memory[-1], "run_peak": result.memory_end}
+    figures = {"baseline": baseline, "steps_peak": result.memory[-1], "run_peak": result.memory_end,
+               "resettable": resettable}
     print(RESULT_PREFIX + json.dumps(figures), flush=True)
+
+
+def memory(args: argparse.Namespace) -> tuple[float, float]:
+    device = torch.device(args.device)
+    figures = {side: measure_memory_in_subprocess(args, side) for side in ("bare", "trainer")}
+    cuda = device.type == "cuda"
+    print(f"\npeak memory, MiB ({'allocated by torch' if cuda else 'peak RSS'}; each side in a fresh process)")
+    print(f"{'side':>8} {'baseline':>9} {'+ steps':>9} {'+ whole run':>12}")
+    growth: dict[str, tuple[int, int]] = {}
+    for side, f in figures.items():
+        growth[side] = (f["steps_peak"] - f["baseline"], f["run_peak"] - f["baseline"])
+        print(f"{side:>8} {f['baseline'] / 2**20:>9.1f} {growth[side][0] / 2**20:>9.1f} "
+              f"{growth[side][1] / 2**20:>12.1f}")
+    print("  baseline: " + ("allocated before the run" if cuda else
+                            "RSS before the run (interpreter, torch, worldtune)")
+          + "; + steps: peak growth until the last step starts; + whole run: incl. the final checkpoint")
+    if not all(f["resettable"] for f in figures.values()):
+        print("  NOTE: the peak-RSS mark could not be reset (/proc/self/clear_refs); import-time peaks "
+              "may hide the growth")
+    steps_ratio = growth["trainer"][0] / max(growth["bare"][0], 1)
+    run_ratio = growth["trainer"][1] / max(growth["bare"][1], 1)
+    return steps_ratio, run_ratio
 
 
 def profile_trainer(args: argparse.Namespace) -> None:
@@ -331,81 +450,38 @@ def main() -> None:
     if args.side:
         side_main(args)
         return
-    device = torch.device(args.device)
     params = sum(p.numel() for p in TinyLM(args.vocab, args.dim, args.layers, args.heads).parameters())
-    print(f"trainer overhead: device {device} ({args.precision}), torch {torch.__version__}, "
+    print(f"trainer overhead: device {args.device} ({args.precision}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"model: dim {args.dim} x {args.layers} layers, vocab {args.vocab} ({params / 1e6:.2f}M params); "
-          f"batch {args.batch} x seq {args.seq}; {args.steps} steps per run, first {args.warmup_steps} "
-          f"excluded; {args.rounds} rounds per side")
+          f"batch {args.batch} x seq {args.seq}; {args.steps} steps per run, the first {args.warmup_steps} "
+          "left out of the medians")
 
     # Untimed: one short run of each side pays the one-time costs (lazy init, first checkpoint,
     # first plot) so that they do not land on whichever side happens to run first.
     for side in ("bare", "trainer"):
-        RUNNERS[side](args, args.warmup_steps + 2)
+        RUNNERS[side](args, args.warmup_steps + 3)
 
-    results: dict[str, list[RunResult]] = {"bare": [], "trainer": []}
-    for round_index in range(args.rounds):
-        order = ("bare", "trainer") if round_index % 2 == 0 else ("trainer", "bare")
-        for side in order:
-            gc.collect()
-            results[side].append(RUNNERS[side](args, args.steps))
+    step = lockstep(args)
+    print(f"\nlockstep (one bare step before every trainer step, {step['steps']} steps): ms per step")
+    print(f"  bare iteration {step['bare'] * 1e3:.2f} | trainer iteration {step['trainer'] * 1e3:.2f} "
+          f"(ratio {step['trainer'] / step['bare']:.3f}, median of per-step ratios {step['paired']:.3f}) | "
+          f"trainer perf/step_time {step['trainer_span'] * 1e3:.2f} (ratio {step['trainer_span'] / step['bare']:.3f})")
+    same = step["bare_loss"] == step["trainer_loss"]
+    print(f"  loss after the last step: bare {step['bare_loss']:.6f}, trainer {step['trainer_loss']:.6f} "
+          f"({'identical' if same else 'DIFFERENT: the two sides do not compute the same thing'})")
 
-    bare_runs, trainer_runs = results["bare"], results["trainer"]
-    warm = args.warmup_steps
-
-    def med(values: list[float]) -> float:
-        return statistics.median(values)
-
-    print("\nms per step (median over the steps of each run)")
-    print(f"{'round':>5}  {'bare iter':>10} {'trainer iter':>13} {'ratio':>6}   "
-          f"{'bare step':>10} {'trainer step_time':>18} {'ratio':>6}   {'bare run':>9} {'fit()':>7}")
-    for i, (b, t) in enumerate(zip(bare_runs, trainer_runs, strict=True), start=1):
-        bi, ti = med(iteration_times(b, warm)), med(iteration_times(t, warm))
-        bs, ts = med(b.step_times[warm:]), med(t.step_times[warm:])
-        print(f"{i:>5}  {bi * 1e3:>10.2f} {ti * 1e3:>13.2f} {ti / bi:>6.3f}   "
-              f"{bs * 1e3:>10.2f} {ts * 1e3:>18.2f} {ts / bs:>6.3f}   {b.wall:>8.2f}s {t.wall:>6.2f}s")
-    bare_iter = med([med(iteration_times(r, warm)) for r in bare_runs])
-    trainer_iter = med([med(iteration_times(r, warm)) for r in trainer_runs])
-    bare_step = med([med(r.step_times[warm:]) for r in bare_runs])
-    trainer_step = med([med(r.step_times[warm:]) for r in trainer_runs])
-    bare_wall = med([r.wall for r in bare_runs])
-    trainer_wall = med([r.wall for r in trainer_runs])
-    print(f"{'median':>5}  {bare_iter * 1e3:>10.2f} {trainer_iter * 1e3:>13.2f} "
-          f"{trainer_iter / bare_iter:>6.3f}   {bare_step * 1e3:>10.2f} {trainer_step * 1e3:>18.2f} "
-          f"{trainer_step / bare_step:>6.3f}   {bare_wall:>8.2f}s {trainer_wall:>6.2f}s")
-    print("  iter: loss() call to loss() call, the whole loop iteration incl. the trainer's logging")
-    print("  step: batch fetch to optimizer update (the span of the trainer's perf/step_time)")
-    print("  run/fit(): the whole run, incl. the trainer's setup, final checkpoint and loss plot")
-
-    losses = (bare_runs[-1].last_loss, trainer_runs[-1].last_loss)
-    same = "identical" if losses[0] == losses[1] else f"DIFFER by {abs(losses[0] - losses[1]):.3g}"
-    print(f"final loss bare {losses[0]:.6f}, trainer {losses[1]:.6f}: {same}")
-
-    memory = {side: measure_memory_in_subprocess(args, side) for side in ("bare", "trainer")}
-    unit = "allocated" if device.type == "cuda" else "peak RSS growth"
-    print(f"\npeak memory, MiB ({unit}; each side in a fresh process)")
-    print(f"{'side':>8} {'baseline':>9} {'steps peak':>11} {'whole run':>10}")
-    for side, figures in memory.items():
-        base = figures["baseline"] if device.type == "cpu" else 0
-        print(f"{side:>8} {figures['baseline'] / 2**20:>9.1f} {(figures['steps_peak'] - base) / 2**20:>11.1f} "
-              f"{(figures['run_peak'] - base) / 2**20:>10.1f}")
-    if device.type == "cpu":
-        print("  baseline: peak RSS before the run (interpreter, torch, worldtune); the others are growth")
-
-    def growth(side: str, key: str) -> float:
-        figures = memory[side]
-        return figures[key] - (figures["baseline"] if device.type == "cpu" else 0)
-
-    memory_ratio = growth("trainer", "steps_peak") / max(growth("bare", "steps_peak"), 1)
-    run_memory_ratio = growth("trainer", "run_peak") / max(growth("bare", "run_peak"), 1)
+    runs = alternating(args) if args.rounds else None
+    memory_steps, memory_run = memory(args)
 
     print()
-    print(ratio_line("time ratio trainer/bare", trainer_iter / bare_iter))
-    print(ratio_line("peak memory ratio trainer/bare", memory_ratio))
-    print(f"(for information: trainer perf/step_time vs the same span bare {trainer_step / bare_step:.3f}; "
-          f"whole fit() vs whole bare run {trainer_wall / bare_wall:.3f}; "
-          f"peak memory over the whole run incl. final checkpoint {run_memory_ratio:.3f})")
+    print(ratio_line("time ratio trainer/bare", step["trainer"] / step["bare"]))
+    print(ratio_line("peak memory ratio trainer/bare", memory_steps))
+    info = [f"peak memory incl. the final checkpoint {memory_run:.2f}"]
+    if runs is not None:
+        info[:0] = [f"alternating runs {runs['iter']:.2f}", f"perf/step_time span {runs['step']:.2f}",
+                    f"whole fit() vs whole bare run {runs['wall']:.2f}"]
+    print("for information, trainer/bare: " + "; ".join(info))
 
     if args.profile:
         profile_trainer(args)
@@ -425,8 +501,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50, help="optimizer steps per run")
-    parser.add_argument("--warmup-steps", type=int, default=5, help="steps left out of each run's median")
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs per side, interleaved")
+    parser.add_argument("--warmup-steps", type=int, default=5, help="steps left out of each median")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating runs per side (0: lockstep and memory only)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--profile", action="store_true",
                         help="afterwards, cProfile one trainer run and print where the time goes")
@@ -444,8 +521,8 @@ def parse_args() -> argparse.Namespace:
         args.precision = "bf16" if args.device == "cuda" else "fp32"
     if args.steps < args.warmup_steps + 3:
         parser.error(f"--steps must be at least --warmup-steps + 3 ({args.warmup_steps + 3})")
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    if args.rounds < 0:
+        parser.error("--rounds must be >= 0")
     return args
 
 

@@ -86,7 +86,13 @@ class EpochBatchSampler:
 
 
 class SeededDataset(Dataset):
-    """Wraps a map-style dataset; item randomness is a function of (seed, epoch, position)."""
+    """Wraps a map-style dataset; item randomness is a function of (seed, epoch, position).
+
+    The caller's RNG states are saved once per batch (`__getitems__`, which the DataLoader uses)
+    and restored afterwards: saving numpy's state costs ~50 us, seeding ~3 us. Only the CPU torch
+    generator is reseeded (`torch.manual_seed` would also reseed, and leave changed, every CUDA
+    generator, and costs ~80 us in deferred-seeding bookkeeping).
+    """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset = dataset
@@ -96,15 +102,22 @@ class SeededDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: ItemKey) -> Any:
-        item_seed = derive_seed(self.seed, key.epoch, key.position)
-        py_state, np_state = random.getstate(), np.random.get_state()
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[ItemKey]) -> list[Any]:
+        generator = torch.default_generator
+        torch_state, py_state, np_state = generator.get_state(), random.getstate(), np.random.get_state()
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(item_seed)
+            items = []
+            for key in keys:
+                item_seed = derive_seed(self.seed, key.epoch, key.position)
+                generator.manual_seed(item_seed)
                 random.seed(item_seed)
                 np.random.seed(item_seed % 2**32)
-                return self.dataset[key.index]
+                items.append(self.dataset[key.index])
+            return items
         finally:
+            generator.set_state(torch_state)
             random.setstate(py_state)
             np.random.set_state(np_state)
 
