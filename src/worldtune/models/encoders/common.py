@@ -1,0 +1,157 @@
+"""What every frozen encoder shares: always-eval modules, the latent-space protocol, path lookup."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+PathLike = str | os.PathLike[str]
+
+# Suffixes of a single-file checkpoint (original Wan releases ship .pth, ComfyUI repacks .safetensors).
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+
+
+class EncoderLoadError(RuntimeError):
+    """A checkpoint was found but could not be loaded; the message names the path."""
+
+
+@runtime_checkable
+class LatentSpace(Protocol):
+    """The interface recipes rely on: `WanVAE` and `PixelLatents` both satisfy it."""
+
+    z_dim: int
+    temporal_stride: int
+    spatial_stride: int
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]: ...
+
+
+class FrozenModule(nn.Module):
+    """An `nn.Module` that never trains: parameters frozen, dropout off, whatever a parent asks.
+
+    A trainer calls `model.train()` on the whole tree; an encoder inside it must stay in eval mode,
+    so `train()` is a no-op here.
+    """
+
+    def freeze(self) -> FrozenModule:
+        self.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenModule:
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for tensor in self.parameters():
+            return tensor.dtype
+        return torch.float32
+
+
+def check_video(video: torch.Tensor, channels: int, name: str = "video") -> None:
+    if not isinstance(video, torch.Tensor) or video.ndim != 5:
+        shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+        raise ValueError(f"{name} must be a [B, C, T, H, W] tensor, got {shape}")
+    if video.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels in dim 1, got shape {tuple(video.shape)}")
+
+
+def check_frames(num_frames: int, height: int, width: int, t_stride: int, s_stride: int) -> None:
+    """Wan-style causal video VAEs take 1 + k*t_stride frames and sides divisible by the stride."""
+    if num_frames < 1 or (num_frames - 1) % t_stride:
+        raise ValueError(f"num_frames must be 1 + {t_stride}*k, got {num_frames}")
+    if height % s_stride or width % s_stride:
+        raise ValueError(f"height and width must be multiples of {s_stride}, got {height}x{width}")
+
+
+def batch_chunks(x: torch.Tensor, chunk: int | None) -> Sequence[torch.Tensor]:
+    if not chunk or chunk >= x.shape[0]:
+        return (x,)
+    return x.split(chunk)
+
+
+def find_component(root: Path, subfolder: str | None, marker: str = "config.json") -> Path | None:
+    """`root/subfolder` if it holds `marker` (a diffusers pipeline folder), else `root` if it does."""
+    if subfolder and (root / subfolder / marker).is_file():
+        return root / subfolder
+    if (root / marker).is_file():
+        return root
+    return None
+
+
+def find_file(root: Path, names: Sequence[str]) -> Path | None:
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def missing_path_error(path: PathLike, looked_for: str, allow_download: bool = False) -> FileNotFoundError:
+    hint = "" if allow_download else " (a hub id is only fetched with allow_download=True)"
+    return FileNotFoundError(
+        f"{path}: not found or not a recognised checkpoint; looked for {looked_for}{hint}"
+    )
+
+
+def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    """A flat tensor dict from a .safetensors or torch-pickled file, loaded without executing code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            try:
+                state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # files in torch's legacy (non-zip) format cannot be mapped
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised naming the file
+        raise EncoderLoadError(f"{path}: cannot read checkpoint: {exc}") from exc
+    # Some releases wrap the weights ({"state_dict": ...} / {"model": ...}).
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EncoderLoadError(f"{path}: expected a dict of tensors")
+    return dict(state)
+
+
+def empty_weights():
+    """Build big models without allocating or initialising weights: parameters on `meta`, buffers
+    (e.g. CLIP's non-persistent `position_ids`) real, so `load_into` can assign the checkpoint."""
+    from accelerate import init_empty_weights
+
+    return init_empty_weights(include_buffers=False)
+
+
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: PathLike, ignore=()) -> None:
+    """Strict `load_state_dict(assign=True)` (the model may sit on `meta`) with errors naming `path`."""
+    result = model.load_state_dict(dict(state), strict=False, assign=True)
+    missing = [k for k in result.missing_keys if k not in ignore]
+    if missing or result.unexpected_keys:
+        raise EncoderLoadError(
+            f"{path}: weights do not match the model: missing {missing[:8]} ({len(missing)}), "
+            f"unexpected {result.unexpected_keys[:8]} ({len(result.unexpected_keys)})"
+        )
+    leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:
+        raise EncoderLoadError(f"{path}: no weights for {leftover[:8]}")
