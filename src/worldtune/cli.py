@@ -1,4 +1,4 @@
-"""`worldtune` command line: train | export | inspect (generate, prepare, eval, demo: later issues)."""
+"""`worldtune` command line: train | export | convert | inspect (generate, prepare, eval, demo: later issues)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--all", action="store_true", help="all weights, not only the trainable ones")
     export.set_defaults(handler=_export)
 
+    convert = commands.add_parser("convert", help="rewrite a Wan DiT checkpoint in original or diffusers layout")
+    convert.add_argument("source", help="checkpoint folder or file (original, diffusers, .safetensors, .pt)")
+    convert.add_argument("out_dir")
+    convert.add_argument("--to", required=True, choices=("original", "diffusers"))
+    convert.add_argument("--size", help="named size when the source has no config.json, e.g. wan2.2-ti2v-5b")
+    convert.add_argument("--dtype", choices=("keep", "bf16", "fp16", "fp32"), default="keep")
+    convert.add_argument("--shard-size", default="5GB")
+    convert.set_defaults(handler=_convert)
+
     inspect = commands.add_parser("inspect", help="print the resolved config, parameter counts, data sizes")
     inspect.add_argument("config")
     inspect.add_argument("overrides", nargs="*")
@@ -70,6 +79,18 @@ def _export(args: argparse.Namespace) -> int:
 
     written = export_run(args.run_dir, checkpoint=args.checkpoint, ema=args.ema, out_dir=args.out,
                          name=args.name, trainable_only=not args.all)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from worldtune.models.wan.factory import convert_checkpoint
+    from worldtune.train.distributed import DTYPES
+
+    dtype = None if args.dtype == "keep" else DTYPES[args.dtype]
+    written = convert_checkpoint(args.source, args.out_dir, to=args.to, config=args.size, dtype=dtype,
+                                 shard_size=args.shard_size)
     for path in written:
         print(path)
     return 0
