@@ -222,9 +222,8 @@ class WanTextEncoder(FrozenModule):
                 given = AutoTokenizer.from_pretrained(str(tokenizer or path), **sub)
         else:
             raise missing_path_error(path, "a text encoder folder or a Wan T5 checkpoint file")
-        tok = given
         model = model.to(device=device, dtype=dtype)
-        return cls(model, tok, **options)
+        return cls(model, given, **options)
 
 
 def _load_hf(where: PathLike, dtype: torch.dtype, subfolder: str | None = None, local: bool = True):
@@ -254,4 +253,6 @@ def _load_original_t5(path: Path, config: Mapping[str, Any] | None) -> UMT5Encod
     with empty_weights():
         model = UMT5EncoderModel(cfg)
     load_into(model, state, path)
+    # One embedding table, as in the original encoder (`.to()` keeps a shared Parameter shared).
+    model.encoder.embed_tokens.weight = model.shared.weight
     return model.eval()
