@@ -92,11 +92,19 @@ def compute_dtype(cfg: DistConfig, device: torch.device) -> torch.dtype:
 
 
 def default_blocks(model: nn.Module) -> list[nn.Module]:
-    """Every element of every ModuleList in `model` (the transformer blocks of our models)."""
+    """The elements of the outermost ModuleLists in `model` (the transformer blocks of our models).
+
+    Nested lists inside a collected block are left to the block, so FSDP never wraps a parent
+    before its children.
+    """
     blocks: list[nn.Module] = []
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList):
-            blocks.extend(module)
+    taken: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or any(name.startswith(p) for p in taken):
+            continue
+        for index, child in enumerate(module):
+            blocks.append(child)
+            taken.append(f"{name}.{index}.")
     return blocks
 
 
