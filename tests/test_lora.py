@@ -250,3 +250,14 @@ def test_plain_model_load_names_the_file_when_modules_are_absent(tmp_path):
                "diffusion_model.nowhere.lora_B.weight": torch.zeros(24, 4)}, str(file))
     with pytest.raises(ValueError, match="elsewhere.safetensors"):
         load_lora(make_model(), file)
+
+
+def test_merge_lora_weights_without_a_model_matches_merge_lora() -> None:
+    from worldtune.models.lora import merge_lora_weights
+
+    model = make_model()
+    add_lora(model, LoraSettings(rank=4, alpha=8.0, init="random"))
+    merged = merge_lora_weights(model.state_dict(), scale=8.0 / 4)
+    reference = merge_lora(model).state_dict()
+    assert merged.keys() == reference.keys()
+    assert all(torch.allclose(merged[k], reference[k], atol=1e-6) for k in reference)

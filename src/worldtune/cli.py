@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", help="checkpoint directory (default: the newest complete one)")
     export.add_argument("--ema", action="store_true", help="export the EMA weights")
     export.add_argument("--out", help="output directory (default RUN_DIR/export)")
-    export.add_argument("--name", default="model", help="file stem (default: model)")
+    export.add_argument("--name", help="file stem (default: the recipe's artefact, e.g. vidar, else model)")
     export.add_argument("--all", action="store_true", help="all weights, not only the trainable ones")
     export.set_defaults(handler=_export)
 
@@ -56,11 +56,84 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--shard-size", default="5GB")
     convert.set_defaults(handler=_convert)
 
+    _add_prepare(commands)
+    _add_generate(commands)
+
     inspect = commands.add_parser("inspect", help="print the resolved config, parameter counts, data sizes")
     inspect.add_argument("config")
     inspect.add_argument("overrides", nargs="*")
     inspect.set_defaults(handler=_inspect)
     return parser
+
+
+def _add_prepare(commands) -> None:
+    prepare = commands.add_parser("prepare", help="prepare data: manifest | cache")
+    jobs = prepare.add_subparsers(title="jobs")
+    manifest = jobs.add_parser("manifest", help="scan DATA_DIR/episodes and write DATA_DIR/manifest.json")
+    manifest.add_argument("data_dir")
+    manifest.add_argument("--val_ratio", type=float, default=0.05)
+    manifest.add_argument("--seed", type=int, default=42)
+    manifest.set_defaults(handler=_prepare_manifest)
+    cache = jobs.add_parser("cache", help="encode every clip's latents and prompt embeddings once")
+    cache.add_argument("config")
+    cache.add_argument("overrides", nargs="*")
+    cache.set_defaults(handler=_prepare_cache)
+
+
+def _add_generate(commands) -> None:
+    generate = commands.add_parser("generate", help="generate with a trained model: vidar")
+    systems = generate.add_subparsers(title="systems")
+    vidar = systems.add_parser("vidar", help="first frame + instruction -> video (Wan2.2-TI2V)")
+    source = vidar.add_mutually_exclusive_group()
+    source.add_argument("--run", help="a vidar run directory (config and newest checkpoint)")
+    source.add_argument("--config", help="a vidar config file")
+    vidar.add_argument("--base", help="base model folder (Wan2.2-TI2V-5B), overrides model.ckpt_dir")
+    vidar.add_argument("--weights", help="fine-tuned DiT weights, e.g. vidar.pt (loaded with strict=False)")
+    vidar.add_argument("--prompt", required=True)
+    vidar.add_argument("--image", required=True, help="first frame (png / jpg)")
+    vidar.add_argument("--frames", type=int, default=81, help="4k+1 frames")
+    vidar.add_argument("--steps", type=int, help="default: model.sampling.num_inference_steps (50)")
+    vidar.add_argument("--guidance", type=float, help="default: model.sampling.guidance_scale (5.0)")
+    vidar.add_argument("--shift", type=float)
+    vidar.add_argument("--scheduler", choices=("unipc", "euler"))
+    vidar.add_argument("--height", type=int)
+    vidar.add_argument("--width", type=int)
+    vidar.add_argument("--seed", type=int, default=0)
+    vidar.add_argument("--out", required=True)
+    vidar.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config override")
+    vidar.set_defaults(handler=_generate_vidar)
+
+
+def _prepare_manifest(args: argparse.Namespace) -> int:
+    from worldtune.data.formats.episodes import write_manifest
+
+    print(write_manifest(args.data_dir, val_ratio=args.val_ratio, seed=args.seed))
+    return 0
+
+
+def _prepare_cache(args: argparse.Namespace) -> int:
+    from worldtune.config import load_config
+    from worldtune.recipes import get_recipe
+
+    cfg = load_config(args.config, list(args.overrides))
+    recipe = get_recipe(cfg.recipe)
+    if recipe.name != "vidar":
+        raise ValueError(f"prepare cache: recipe {cfg.recipe!r} has no latent cache")
+    from worldtune.recipes.vidar_tools import prepare_cache
+
+    stats = prepare_cache(cfg)
+    print(f"worldtune: cache {cfg.data.cache_dir}: {stats.total} clips ({stats.computed} encoded, {stats.reused} reused)")
+    return 0
+
+
+def _generate_vidar(args: argparse.Namespace) -> int:
+    from worldtune.recipes.vidar_tools import generate, generation_config
+
+    cfg, weights = generation_config(args)
+    path = generate(cfg, prompt=args.prompt, image=args.image, out=args.out, num_frames=args.frames,
+                    weights=weights, seed=args.seed)
+    print(path)
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -44,7 +44,7 @@ class StageConfig:
 
     description: str = ""
     # Comma-separated module names, recipe aliases (e.g. "lora", "heads") or parameter-name globs.
-    trainable_models: str = "all"
+    trainable_models: str = "auto"
     # Learning rate of this stage; null means train.learning_rate.
     learning_rate: float | None = None
     # Length: exactly one of max_steps / epochs.
@@ -79,8 +79,8 @@ class TrainConfig:
     dataset_repeat: int = 1
     shuffle: bool = True
     num_workers: int = 0
-    # Used when training_stages is empty.
-    trainable_models: str = "all"
+    # Used when training_stages is empty; "auto" is the recipe's default (e.g. "lora" when LoRA is on).
+    trainable_models: str = "auto"
     training_stages: dict[str, StageConfig] = field(default_factory=dict)
     # Non-finite loss or gradients: the step is skipped; this many in a row stop the run.
     max_consecutive_nonfinite: int = 10

@@ -202,6 +202,25 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+def merge_lora_weights(weights: dict[str, torch.Tensor], scale: float,
+                       adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """A LoRA model's state dict (peft-injected names) merged into plain original names, without a
+    model: `X.weight = X.base_layer.weight + scale * B @ A` (used to export checkpoints)."""
+    out: dict[str, torch.Tensor] = {}
+    marker_a, marker_b = f".lora_A.{adapter_name}.weight", f".lora_B.{adapter_name}.weight"
+    for key, value in weights.items():
+        if ".lora_" in key:
+            continue
+        if ".base_layer." in key:
+            module, _, leaf = key.partition(".base_layer.")
+            if leaf == "weight" and module + marker_a in weights:
+                a, b = weights[module + marker_a].float(), weights[module + marker_b].float()
+                value = (value.float() + scale * (b @ a)).to(value.dtype)
+            key = f"{module}.{leaf}"
+        out[key] = value
+    return out
+
+
 # ---------------------------------------------------------------------- helpers
 
 

@@ -8,7 +8,9 @@ from worldtune.config import ConfigError
 from worldtune.recipes.base import Parts, Recipe
 
 # Built-in recipes, imported only when asked for (each pulls in its own heavy dependencies).
-BUILTIN: dict[str, str] = {}
+BUILTIN: dict[str, str] = {
+    "vidar": "worldtune.recipes.vidar:RECIPE",
+}
 
 __all__ = ["BUILTIN", "Parts", "Recipe", "get_recipe"]
 

@@ -24,7 +24,7 @@ class Parts:
 
     # Root of everything that can be trained; its state is what checkpoints hold.
     model: nn.Module
-    train_dataset: Dataset
+    train_dataset: Dataset | None
     val_dataset: Dataset | None = None
     collate_fn: Callable[[list[Any]], Any] | None = None
     # Frozen helpers (VAE, text encoder, ...): moved to the device, never checkpointed.
@@ -43,6 +43,9 @@ class Recipe:
 
     name: str = ""
     config_class: type[RunConfig] = RunConfig
+    # `worldtune export` file stem of the recipe's own artefact (e.g. "vidar" -> vidar.pt); None:
+    # the generic export of the trainable weights as model.safetensors / model.pt.
+    export_name: str | None = None
 
     def build(self, cfg: RunConfig) -> Parts:
         raise NotImplementedError
@@ -55,6 +58,10 @@ class Recipe:
         """Validation samples: {"video": [B,C,T,H,W] in [-1,1], "target": same (optional),
         any scalar metrics}. None when the recipe has nothing to sample."""
         return None
+
+    def export_weights(self, weights: dict[str, torch.Tensor], cfg: RunConfig) -> dict[str, torch.Tensor]:
+        """The exported artefact from all model weights of a checkpoint (only with export_name)."""
+        return weights
 
     def batch_size_of(self, batch: Any) -> int:
         """Number of samples in a batch (for samples/s)."""

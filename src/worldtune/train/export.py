@@ -55,15 +55,41 @@ def load_weights(path: Path, section: str = "model", keys: set[str] | None = Non
 
 
 def export_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, ema: bool = False,
-               out_dir: str | Path | None = None, name: str = "model",
+               out_dir: str | Path | None = None, name: str | None = None,
                trainable_only: bool = True) -> list[Path]:
+    """Write the run's weights. Recipes with an artefact of their own (Vidar's `vidar.pt`: the whole
+    DiT in original Wan names, LoRA merged) name and shape it through `Recipe.export_weights`."""
     path = find_checkpoint(run_dir, checkpoint)
     trainer_state = ckpt.read_trainer_state(path)
-    keys = set(trainer_state["trainable_keys"]) if trainable_only else None
+    recipe = _recipe_of(path)
+    custom = recipe is not None and recipe.export_name is not None
+    keys = set(trainer_state["trainable_keys"]) if trainable_only and not custom else None
     weights = load_weights(path, "ema" if ema else "model", keys)
+    if custom:
+        weights = recipe.export_weights(weights, _config_of(path, recipe))
     run_root = path.parent.parent if path.parent.name == "checkpoints" else path
     out = Path(out_dir) if out_dir is not None else run_root / "export"
-    return write_weights(weights, out, name, metadata={"step": str(trainer_state["progress"]["step"])})
+    stem = name or (recipe.export_name if custom else "model")
+    return write_weights(weights, out, stem, metadata={"step": str(trainer_state["progress"]["step"])})
+
+
+def _recipe_of(path: Path):
+    """The run's recipe, from the config saved beside the checkpoint (None if it cannot be imported)."""
+    import yaml
+
+    from worldtune.recipes import get_recipe
+
+    name = yaml.safe_load((path / "config.yaml").read_text()).get("recipe")
+    try:
+        return get_recipe(str(name))
+    except ValueError:
+        return None
+
+
+def _config_of(path: Path, recipe):
+    from worldtune.config import build_config, read_yaml
+
+    return build_config(recipe.config_class, read_yaml(path / "config.yaml"), source=str(path / "config.yaml"))
 
 
 def write_weights(weights: dict[str, torch.Tensor], out_dir: Path, name: str,

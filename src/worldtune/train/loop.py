@@ -218,6 +218,7 @@ class Trainer:
     def _roll_epoch(self) -> None:
         self.progress.epoch += 1
         self.progress.samples_in_epoch = 0
+        report_skipped(self.parts.train_dataset, self.progress.epoch)
 
     def _epoch_samples(self) -> int:
         return self.steps_per_epoch * self.cfg.train.gradient_accumulation * self.sampler.global_batch
@@ -319,6 +320,17 @@ class Trainer:
             self.logger.console(self.progress.step, metrics)
         self.logger.plot_loss_curve()
         self.model.train()
+
+
+def report_skipped(dataset: Any, epoch: int) -> None:
+    """End-of-epoch report of the samples a dataset skipped (`data.on_bad_sample: skip`)."""
+    while dataset is not None and not hasattr(dataset, "skipped"):
+        dataset = getattr(dataset, "source", None) or getattr(dataset, "dataset", None)
+    skipped = getattr(dataset, "skipped", None)
+    if skipped:
+        reasons = "; ".join(f"{name}: {why}" for name, why in list(skipped)[:5])
+        log.warning("epoch %d: %d bad samples skipped so far (in this process): %s%s", epoch, len(skipped),
+                    reasons, " ..." if len(skipped) > 5 else "")
 
 
 def make_loader(dataset: SeededDataset, sampler: EpochBatchSampler, parts: Parts, cfg: RunConfig,

@@ -65,12 +65,14 @@ def stage_index_at(stages: list[Stage], step: int) -> int:
 def trainable_names(model: nn.Module, spec: str, aliases: dict[str, str] | None = None) -> set[str]:
     """Parameter names selected by `spec`: comma-separated module paths, aliases or globs.
 
-    "all" selects every parameter and "none" none. A token selects a parameter when it equals the
+    "all" selects every parameter, "none" none, and "auto" the recipe's default (its "auto" alias,
+    else all). A token selects a parameter when it equals the
     parameter's name, names one of its parent modules, or matches it as a glob (`*lora_*`).
     """
     names = [name for name, _ in model.named_parameters()]
     selected: set[str] = set()
-    for token in _expand(spec, aliases or {}):
+    aliases = {"auto": "all", **(aliases or {})}
+    for token in _expand(spec, aliases):
         if token == "all":
             selected.update(names)
             continue
@@ -81,7 +83,7 @@ def trainable_names(model: nn.Module, spec: str, aliases: dict[str, str] | None 
             top = sorted({n.split(".")[0] for n in names})
             raise ConfigError(
                 f"trainable_models: {token!r} matches no parameter; top-level modules are {top}"
-                f"{' and aliases ' + str(sorted(aliases)) if aliases else ''}"
+                f" and aliases {sorted(aliases)}"
             )
         selected.update(matched)
     return selected

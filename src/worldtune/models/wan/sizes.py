@@ -75,6 +75,9 @@ _T2V_14B = WanConfig(model_type="t2v", dim=5120, ffn_dim=13824, num_heads=40, nu
 SIZES: dict[str, WanConfig] = {
     "tiny": WanConfig(model_type="t2v", in_dim=16, out_dim=16, dim=24, ffn_dim=32, num_heads=2,
                       num_layers=2, text_dim=32, freq_dim=256, text_len=16),
+    # Wan2.2-TI2V layout (48-channel latents) at toy width, for CPU tests and the tiny recipes.
+    "tiny-ti2v": WanConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=24, ffn_dim=32, num_heads=2,
+                           num_layers=2, text_dim=32, freq_dim=256, text_len=32),
     "wan2.1-t2v-1.3b": _T2V_1_3B,
     "wan2.1-t2v-14b": _T2V_14B,
     "wan2.1-vace-1.3b": _T2V_1_3B.replace(model_type="vace", vace_layers=tuple(range(0, 30, 2)), vace_in_dim=96),

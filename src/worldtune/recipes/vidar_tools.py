@@ -1,0 +1,122 @@
+"""Vidar's jobs besides training: `worldtune prepare cache` and `worldtune generate vidar`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from worldtune.config import ConfigError
+from worldtune.data.cache import CacheStats, build_cache
+from worldtune.data.video import resize_center_crop, write_video
+from worldtune.recipes.vidar import RECIPE, VidarConfig, cache_settings, generate_latents
+from worldtune.recipes.wan_parts import dit_config, pad_text
+from worldtune.train.distributed import DTYPES
+from worldtune.train.logging import get_logger
+
+log = get_logger()
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def prepare_cache(cfg: VidarConfig, progress: bool = True) -> CacheStats:
+    """Encode every clip of both splits once: VAE latents + prompt embeddings, resumable."""
+    if not cfg.data.cache_dir:
+        raise ConfigError("data.cache_dir: set the directory the cache is written to")
+    if cfg.data.clip_sampling != "fixed":
+        raise ConfigError("data.clip_sampling: only fixed clips can be cached (random starts differ every epoch)")
+    parts = RECIPE.build_models(cfg)
+    device = _device()
+    vae, text = parts.frozen["vae"].to(device), parts.frozen["text_encoder"].to(device)
+    datasets = [d for d in (RECIPE.dataset(cfg, "train"), RECIPE.dataset(cfg, "val", required=False)) if d]
+    where = [(d, i) for d in datasets for i in range(len(d))]
+    keys = [d.clip_key(i) for d, i in where]
+
+    def compute(indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        items = [where[i][0][where[i][1]] for i in indices]
+        video = torch.stack([item["video"] for item in items]).to(device, DTYPES[cfg.model.encoder_dtype])
+        latents = vae.encode(video).float().cpu()
+        embeds = text.encode([item["prompt"] for item in items])
+        return [{"latents": latents[j], "text_emb": embeds[j].float().cpu()} for j in range(len(items))]
+
+    shared = {"null_text": parts.extras["null_text"].float().cpu()}
+    return build_cache(cfg.data.cache_dir, keys, compute, cache_settings(cfg, dit_config(cfg.model)),
+                       batch_size=cfg.data.cache_batch_size, shared=shared, progress=progress)
+
+
+def load_image(path: str | Path, height: int, width: int) -> torch.Tensor:
+    """An image as float [3, 1, height, width] in [-1, 1], resized to cover and centre-cropped."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = np.array(Image.open(path).convert("RGB"))
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{path}: cannot read the image ({err})") from err
+    frame = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    return resize_center_crop(frame, height, width).clamp(-1, 1).permute(1, 0, 2, 3)
+
+
+@torch.no_grad()
+def generate(cfg: VidarConfig, *, prompt: str, image: str | Path, out: str | Path, num_frames: int,
+             weights: dict[str, torch.Tensor] | None = None, seed: int = 0, progress: bool = True) -> Path:
+    """First frame + instruction -> an mp4 of `num_frames` frames at the configured size and fps."""
+    from worldtune.data.video import valid_num_frames
+
+    if not valid_num_frames(num_frames):
+        raise ValueError(f"--frames {num_frames}: Wan needs 4k+1 frames (e.g. 81)")
+    parts = RECIPE.build_models(cfg)
+    device = _device()
+    if weights is not None:
+        report = parts.model.load_state_dict(weights, strict=False)
+        if report.unexpected_keys or len(report.missing_keys) == len(list(parts.model.state_dict())):
+            raise ValueError(f"weights do not fit the DiT: {len(report.missing_keys)} missing, "
+                             f"unexpected e.g. {report.unexpected_keys[:3]}")
+    model = parts.model.to(device).eval()
+    vae, text_encoder = parts.frozen["vae"].to(device), parts.frozen["text_encoder"].to(device)
+    first = load_image(image, cfg.data.height, cfg.data.width).unsqueeze(0).to(device)
+    first_latent = vae.encode(first).float()
+    latent_frames = (num_frames - 1) // vae.temporal_stride + 1
+    shape = (1, first_latent.shape[1], latent_frames, *first_latent.shape[3:])
+    text = pad_text([text_encoder.encode([prompt])[0].to(device)], parts.extras["text_len"])
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        latents = generate_latents(parts, text.to(model.patch_embedding.weight.dtype), first_latent, shape,
+                                   generator=torch.Generator(device).manual_seed(seed), progress=progress)
+    video = vae.decode(latents.float())[0]
+    return write_video(out, video.cpu(), fps=cfg.data.fps)
+
+
+def generation_config(args) -> tuple[VidarConfig, dict[str, torch.Tensor] | None]:
+    """The config and DiT weights `worldtune generate vidar` runs with (see its --help)."""
+    from worldtune.config import build_config, load_config, parse_overrides, read_yaml
+    from worldtune.models.wan.checkpoints import read_state_dict
+    from worldtune.train.export import find_checkpoint, load_weights
+
+    overrides = _flag_overrides(args) + list(args.set)
+    weights = None
+    if args.run:
+        tree = read_yaml(Path(args.run) / "config.yaml")
+        cfg = build_config(VidarConfig, _merge(tree, parse_overrides(overrides)), source=args.run)
+        weights = load_weights(find_checkpoint(args.run))
+    elif args.config:
+        cfg = load_config(args.config, overrides)
+    else:
+        cfg = build_config(VidarConfig, parse_overrides(["recipe=vidar", "output_dir=.", *overrides]))
+    if args.weights:
+        weights = read_state_dict(args.weights)
+    return cfg, weights
+
+
+def _flag_overrides(args) -> list[str]:
+    flags = {"model.ckpt_dir": args.base, "model.sampling.num_inference_steps": args.steps,
+             "model.sampling.guidance_scale": args.guidance, "model.sampling.shift": args.shift,
+             "model.sampling.scheduler": args.scheduler, "data.height": args.height, "data.width": args.width}
+    return [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
+def _merge(tree, overrides):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(tree, overrides)
