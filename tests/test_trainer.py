@@ -169,3 +169,21 @@ def test_tensorboard_and_offline_wandb_logging(tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert list((run / "wandb").glob("offline-run-*"))
     assert (run / "wandb_id.txt").read_text().strip()
+
+
+def test_test_mode_overfits_one_fixed_batch(tmp_path):
+    run = tmp_path / "run"
+    result = train_example(run, train={"max_steps": None, "num_epochs": 40, "test_mode": True, "batch_size": 4,
+                                       "learning_rate": 3e-2},
+                           checkpoint={"every_steps": 1000, "every_epochs": 20})
+    assert result.step == 40  # one step per "epoch"
+    losses = step_metric(run)
+    assert losses[40] < 0.05 * losses[1]
+    assert [p.name for p in ckpt.complete_checkpoints(run)] == ["step_00000020", "step_00000040"]
+
+
+def test_validation_every_epochs(tmp_path):
+    run = tmp_path / "run"
+    # 48 items / batch 4 = 12 steps per epoch.
+    train_example(run, train={"max_steps": 24}, validation={"every_epochs": 1, "video_num": 0, "max_batches": 1})
+    assert sorted(step_metric(run, "val/loss")) == [12, 24]

@@ -84,6 +84,9 @@ class TrainConfig:
     training_stages: dict[str, StageConfig] = field(default_factory=dict)
     # Non-finite loss or gradients: the step is skipped; this many in a row stop the run.
     max_consecutive_nonfinite: int = 10
+    # Overfit one fixed batch (the first batch_size items, no shuffling): a sanity check of the
+    # model and loss; each "epoch" is one step. Recipes may report PASS / FAIL at the end.
+    test_mode: bool = False
 
     def check(self) -> None:
         _check_positive("train.batch_size", self.batch_size)
@@ -115,8 +118,8 @@ class CheckpointConfig:
     # auto: continue from the newest complete checkpoint in the run directory, if any;
     # none: always start fresh; or a path to one checkpoint directory.
     resume: str = "auto"
-    # Also save at the end of every epoch.
-    at_epoch_end: bool = False
+    # Also save every N epochs (0: only every_steps).
+    every_epochs: int = 0
 
     def check(self) -> None:
         _check_positive("checkpoint.every_steps", self.every_steps)
@@ -129,7 +132,8 @@ class ValidationConfig:
 
     # 0 disables; validation never runs at step 0.
     every_steps: int = 0
-    at_epoch_end: bool = False
+    # Also validate every N epochs (0: only every_steps).
+    every_epochs: int = 0
     # Number of fixed validation items sampled and written as videos (Ctrl-World `video_num`).
     video_num: int = 2
     # Validation-loss batches per validation (0 disables the loss pass).

@@ -59,6 +59,11 @@ class Recipe:
         any scalar metrics}. None when the recipe has nothing to sample."""
         return None
 
+    def on_train_end(self, parts: Parts, trainer: Any) -> dict[str, float] | None:
+        """Called on every rank after the last step; returned metrics are logged (e.g. test_mode
+        PASS / FAIL). `trainer.cfg`, `trainer.model`, `trainer.env` are available."""
+        return None
+
     def export_weights(self, weights: dict[str, torch.Tensor], cfg: RunConfig) -> dict[str, torch.Tensor]:
         """The exported artefact from all model weights of a checkpoint (only with export_name)."""
         return weights

@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from worldtune.config import ConfigError, RunConfig, to_yaml
 from worldtune.recipes import Parts, Recipe, get_recipe
@@ -122,9 +122,14 @@ class Trainer:
     def _build_data(self) -> None:
         cfg, env = self.cfg, self.env
         dataset = self.parts.train_dataset
+        repeat, shuffle = cfg.train.dataset_repeat, cfg.train.shuffle
+        if cfg.train.test_mode:  # one fixed batch, seen once per step
+            dataset = Subset(dataset, range(min(len(dataset), cfg.train.batch_size * env.world_size)))
+            repeat, shuffle = cfg.train.gradient_accumulation, False
+            log.info("train.test_mode: overfitting one fixed batch of %d items", len(dataset))
         self.sampler = EpochBatchSampler(
             len(dataset), cfg.train.batch_size, rank=env.rank, world_size=env.world_size,
-            seed=cfg.seed, repeat=cfg.train.dataset_repeat, shuffle=cfg.train.shuffle,
+            seed=cfg.seed, repeat=repeat, shuffle=shuffle,
         )
         self.steps_per_epoch = self.sampler.micro_batches // cfg.train.gradient_accumulation
         # Yield exactly the micro-batches the epoch uses, so no worker prefetches a dropped one.
@@ -209,6 +214,9 @@ class Trainer:
                 iterator = self._epoch_iterator()
         if self.last_saved_step != progress.step:
             self._save()
+        final = self.recipe.on_train_end(self.parts, self)
+        if final:
+            self.logger.log(progress.step, final)
         self.logger.plot_loss_curve()
         if progress.skipped_steps:
             log.warning("%d steps were skipped for non-finite loss or gradients", progress.skipped_steps)
@@ -307,11 +315,14 @@ class Trainer:
         if step % cfg.log.log_frequency == 0 or step == 1:
             self.logger.console(step, metrics)
         self.logger.advance(step)
-        every_val, every_ckpt = cfg.validation.every_steps, cfg.checkpoint.every_steps
-        if (every_val and step % every_val == 0) or (epoch_ended and cfg.validation.at_epoch_end):
+        if _due(step, cfg.validation.every_steps) or (epoch_ended and self._epoch_due(cfg.validation.every_epochs)):
             self._validate()
-        if step % every_ckpt == 0 or (epoch_ended and cfg.checkpoint.at_epoch_end):
+        if _due(step, cfg.checkpoint.every_steps) or (epoch_ended and self._epoch_due(cfg.checkpoint.every_epochs)):
             self._save()
+
+    def _epoch_due(self, every_epochs: int) -> bool:
+        """At the end of an epoch (progress.epoch already counts it): is it the Nth?"""
+        return _due(self.progress.epoch, every_epochs)
 
     def _validate(self) -> None:
         metrics = self.validator.run(self.progress.step)
@@ -320,6 +331,10 @@ class Trainer:
             self.logger.console(self.progress.step, metrics)
         self.logger.plot_loss_curve()
         self.model.train()
+
+
+def _due(count: int, every: int) -> bool:
+    return every > 0 and count % every == 0
 
 
 def report_skipped(dataset: Any, epoch: int) -> None:
