@@ -1,4 +1,4 @@
-"""`worldtune` command line: train | export | convert | inspect (generate, prepare, eval, demo: later issues)."""
+"""`worldtune` command line: train | export | convert | inspect | prepare | generate | lam | eval."""
 
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_prepare(commands)
     _add_generate(commands)
+    _add_lam(commands)
+    _add_eval(commands)
 
     inspect = commands.add_parser("inspect", help="print the resolved config, parameter counts, data sizes")
     inspect.add_argument("config")
@@ -74,10 +76,47 @@ def _add_prepare(commands) -> None:
     manifest.add_argument("--val_ratio", type=float, default=0.05)
     manifest.add_argument("--seed", type=int, default=42)
     manifest.set_defaults(handler=_prepare_manifest)
+    lam_manifest = jobs.add_parser("lam-manifest", help="split DATA_DIR/*.h5 into train / val / test")
+    lam_manifest.add_argument("data_dir")
+    lam_manifest.add_argument("--train_ratio", type=float, default=0.8)
+    lam_manifest.add_argument("--val_ratio", type=float, default=0.1)
+    lam_manifest.add_argument("--test_ratio", type=float, default=0.1)
+    lam_manifest.add_argument("--seed", type=int, default=42)
+    lam_manifest.set_defaults(handler=_prepare_lam_manifest)
+    latents = jobs.add_parser("vae-latents", help="encode videos into LAM H5 latents with the Wan2.1 VAE")
+    latents.add_argument("video_dir")
+    latents.add_argument("out_dir")
+    latents.add_argument("--vae", required=True, help="Wan2.1 VAE folder or Wan2.1_VAE.pth ('tiny' for tests)")
+    latents.add_argument("--chunk_frames", type=int, default=8)
+    latents.add_argument("--size", type=int, default=512)
+    latents.add_argument("--normalise", action="store_true", help="store normalised latents (default: raw)")
+    latents.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    latents.set_defaults(handler=_prepare_vae_latents)
     cache = jobs.add_parser("cache", help="encode every clip's latents and prompt embeddings once")
     cache.add_argument("config")
     cache.add_argument("overrides", nargs="*")
     cache.set_defaults(handler=_prepare_cache)
+
+
+def _add_lam(commands) -> None:
+    lam = commands.add_parser("lam", help="latent action model tools: label")
+    jobs = lam.add_subparsers(title="jobs")
+    label = jobs.add_parser("label", help="write the action codes of every transition as JSON lines")
+    label.add_argument("run_dir")
+    label.add_argument("data_dir")
+    label.add_argument("--out", required=True)
+    label.add_argument("--split", default="all", help="all | train | val | test (needs a manifest)")
+    label.set_defaults(handler=_lam_label)
+
+
+def _add_eval(commands) -> None:
+    evaluate = commands.add_parser("eval", help="evaluate a trained model: lam")
+    systems = evaluate.add_subparsers(title="systems")
+    lam = systems.add_parser("lam", help="test-split MSE / MAE / codebook usage / perplexity")
+    lam.add_argument("run_dir")
+    lam.add_argument("--split", default="test")
+    lam.add_argument("--data_dir", help="default: the run's data.data_dir")
+    lam.set_defaults(handler=_eval_lam)
 
 
 def _add_generate(commands) -> None:
@@ -108,6 +147,43 @@ def _prepare_manifest(args: argparse.Namespace) -> int:
     from worldtune.data.formats.episodes import write_manifest
 
     print(write_manifest(args.data_dir, val_ratio=args.val_ratio, seed=args.seed))
+    return 0
+
+
+def _prepare_lam_manifest(args: argparse.Namespace) -> int:
+    from worldtune.data.formats.latent_h5 import write_lam_manifest
+
+    print(write_lam_manifest(args.data_dir, train_ratio=args.train_ratio, val_ratio=args.val_ratio,
+                             test_ratio=args.test_ratio, seed=args.seed))
+    return 0
+
+
+def _prepare_vae_latents(args: argparse.Namespace) -> int:
+    from worldtune.data.vae_latents import encode_videos_to_h5
+    from worldtune.models.encoders import WanVAE, tiny_wan_vae
+
+    vae = tiny_wan_vae("2.1") if args.vae == "tiny" else WanVAE.from_pretrained(args.vae)
+    written = encode_videos_to_h5(args.video_dir, args.out_dir, vae, chunk_frames=args.chunk_frames,
+                                  size=args.size, normalise=args.normalise, dtype=args.dtype)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _lam_label(args: argparse.Namespace) -> int:
+    from worldtune.recipes.lam_tools import label
+
+    count = label(args.run_dir, args.data_dir, args.out, split=args.split)
+    print(f"worldtune: {count} transitions labelled -> {args.out}")
+    return 0
+
+
+def _eval_lam(args: argparse.Namespace) -> int:
+    import json
+
+    from worldtune.recipes.lam_tools import evaluate
+
+    print(json.dumps(evaluate(args.run_dir, split=args.split, data_dir=args.data_dir), indent=1))
     return 0
 
 

@@ -113,6 +113,7 @@ class TrainConfig:
 class CheckpointConfig:
     """Where and how often the trainer saves resumable checkpoints."""
 
+    # 0: no step-based saves (only every_epochs and the end of the run).
     every_steps: int = 1000
     keep_last: int = 3
     # auto: continue from the newest complete checkpoint in the run directory, if any;
@@ -122,7 +123,8 @@ class CheckpointConfig:
     every_epochs: int = 0
 
     def check(self) -> None:
-        _check_positive("checkpoint.every_steps", self.every_steps)
+        if self.every_steps < 0 or self.every_epochs < 0:
+            raise ConfigError("checkpoint.every_steps / every_epochs: must be >= 0")
         _check_positive("checkpoint.keep_last", self.keep_last)
 
 

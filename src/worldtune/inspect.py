@@ -38,6 +38,9 @@ def inspect_run(cfg: RunConfig) -> str:
     lines += ["", "# data", f"train items: {len(parts.train_dataset)}"]
     if parts.val_dataset is not None:
         lines.append(f"val items: {len(parts.val_dataset)}")
+    extra = recipe.describe_data(parts)
+    if extra:
+        lines.append(extra)
     per_step = cfg.train.batch_size * cfg.train.gradient_accumulation
     lines.append(f"samples per optimizer step: {per_step} x world size")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from worldtune.recipes.base import Parts, Recipe
 # Built-in recipes, imported only when asked for (each pulls in its own heavy dependencies).
 BUILTIN: dict[str, str] = {
     "vidar": "worldtune.recipes.vidar:RECIPE",
+    "lam": "worldtune.recipes.lam:RECIPE",
 }
 
 __all__ = ["BUILTIN", "Parts", "Recipe", "get_recipe"]

@@ -59,6 +59,10 @@ class Recipe:
         any scalar metrics}. None when the recipe has nothing to sample."""
         return None
 
+    def describe_data(self, parts: Parts) -> str | None:
+        """Extra lines for `worldtune inspect` (files, splits, sample statistics)."""
+        return None
+
     def on_train_end(self, parts: Parts, trainer: Any) -> dict[str, float] | None:
         """Called on every rank after the last step; returned metrics are logged (e.g. test_mode
         PASS / FAIL). `trainer.cfg`, `trainer.model`, `trainer.env` are available."""

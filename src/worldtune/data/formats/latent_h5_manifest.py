@@ -125,7 +125,7 @@ def _load_json(path: Path) -> dict[str, object]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise LatentDataError(path, "no manifest here; create one with write_lam_manifest") from e
+        raise LatentDataError(path, "no manifest here; create one with `worldtune prepare lam-manifest DATA_DIR`") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise LatentDataError(path, f"malformed manifest JSON ({e})") from e
     if not isinstance(raw, dict):
@@ -149,7 +149,9 @@ def _check_unique(splits: dict[str, tuple[str, ...]], path: Path) -> None:
         for name in names:
             key = os.path.normpath(name)
             if key in seen:
-                where = f"twice in {split!r}" if seen[key] == split else f"in both {seen[key]!r} and {split!r}"
+                where = (
+                    f"twice in {split!r}" if seen[key] == split else f"in both {seen[key]!r} and {split!r}"
+                )
                 raise LatentDataError(path, f"{name} is listed {where}")
             seen[key] = split
 
