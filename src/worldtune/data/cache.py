@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from worldtune.train.logging import get_logger
 from worldtune.train.logging import progress as progress_bar
+from worldtune.utils.atomic import atomic_path
 
 CACHE_VERSION = 1
 META_FILE = "meta.json"
@@ -83,13 +84,8 @@ def _prefix(key: str) -> str:
 
 
 def _atomic_replace(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temp file in the same directory, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, data: Any) -> None:

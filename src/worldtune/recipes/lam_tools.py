@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from worldtune.models.lam import VVAELatentActionVQVAE
 from worldtune.recipes.lam import LamRunConfig, lam_config, transitions
 from worldtune.train.export import find_checkpoint, load_weights
 from worldtune.train.logging import progress
+from worldtune.utils.atomic import atomic_path
 
 
 def load_run(run_dir: str | Path, device: torch.device | None = None) -> tuple[LamRunConfig, VVAELatentActionVQVAE]:
@@ -41,8 +41,8 @@ def label(run_dir: str | Path, data_dir: str | Path, out: str | Path, split: str
     cfg, model = load_run(run_dir)
     files = _dataset(cfg, data_dir, split).files
     device = next(model.parameters()).device
-    tmp, count = Path(f"{out}.tmp"), 0
-    with open(tmp, "w") as handle:
+    count = 0
+    with atomic_path(out) as tmp, open(tmp, "w") as handle:
         for file in progress(files, desc="files", unit="file"):
             with h5py.File(file.path, "r") as f:
                 chunks = torch.from_numpy(f[file.dataset][()]).float()  # [N, C, T, H, W]
@@ -57,7 +57,6 @@ def label(run_dir: str | Path, data_dir: str | Path, out: str | Path, split: str
                     handle.write(json.dumps({"file": file.path.name, "frame": start + k, "codes": codes,
                                              "action_id": action}) + "\n")
                     count += 1
-    os.replace(tmp, out)
     return count
 
 

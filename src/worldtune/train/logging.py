@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from worldtune.config import LogConfig
 from worldtune.train import plots
+from worldtune.utils.atomic import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_id.txt"
@@ -248,19 +249,7 @@ def truncate_metrics(path: Path, max_step: int) -> None:
     """Keep only records with step <= max_step, rewriting the file atomically (temp + replace)."""
     with open(path, encoding="utf-8") as f:
         kept = [line.rstrip("\n") for line in f if (r := _decode_record(line)) and r["step"] <= max_step]
-    _atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(path, "".join(line + "\n" for line in kept), sync=True)
 
 
 # --------------------------------------------------------------------------- run logger
@@ -371,7 +360,7 @@ class RunLogger:
             if run_id:
                 return run_id
         run_id = secrets.token_hex(4)  # 8 lowercase hex chars: a valid W&B id
-        _atomic_write_text(path, run_id + "\n")
+        write_text_atomic(path, run_id + "\n")
         return run_id
 
     # -- logging

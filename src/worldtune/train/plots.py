@@ -7,12 +7,13 @@ figure registry to leak figures into, so it is safe on display-less training nod
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+
+from worldtune.utils.atomic import atomic_path
 
 # Smoothing window as a fraction of the number of points (TensorBoard-like EMA).
 SMOOTH_FRACTION = 0.02
@@ -106,10 +107,5 @@ def _as_float(value: Any) -> float | None:
 
 def _save_atomic(fig: Figure, out_path: Path) -> None:
     """Write next to the target then rename, so a reader never sees a half-written PNG."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out_path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -14,8 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +27,7 @@ from worldtune.data.formats.episode_files import (
     inspect_episode,
     verify_listed,
 )
+from worldtune.utils.atomic import write_text_atomic
 
 logger = logging.getLogger("worldtune")
 
@@ -100,15 +99,6 @@ def scan_episodes(
     return collect(wanted, lambda d: inspect_episode(d, cameras, splits[d.name]), skipped)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_manifest(
     data_dir: str | Path,
     val_ratio: float = DEFAULT_VAL_RATIO,
@@ -138,7 +128,7 @@ def write_manifest(
     ]
     path = Path(data_dir) / MANIFEST_FILE
     tree = {"version": MANIFEST_VERSION, "episodes": entries, "created_by": CREATED_BY}
-    _atomic_write(path, json.dumps(tree, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(tree, indent=1) + "\n")
     n_val = sum(s == "val" for s in splits.values())
     logger.info("wrote %s: %d episodes (%d train, %d val)", path, len(entries), len(entries) - n_val, n_val)
     return path

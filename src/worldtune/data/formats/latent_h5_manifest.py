@@ -18,6 +18,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from worldtune.utils.atomic import write_text_atomic
+
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -108,17 +110,8 @@ def write_lam_manifest(
         manifest[split] = sorted(names[start : start + count])
         start += count
     path = root / MANIFEST_FILE
-    _write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
     return path
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _load_json(path: Path) -> dict[str, object]:

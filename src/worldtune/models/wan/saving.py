@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from worldtune.models.wan import convert
 from worldtune.models.wan.checkpoints import INDEX_NAME, SAFETENSORS_NAME, WEIGHTS_NAME
 from worldtune.models.wan.convert import KeyFormat
+from worldtune.utils.atomic import atomic_path
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -59,9 +60,8 @@ def _shards(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torc
 
 
 def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
