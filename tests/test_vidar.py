@@ -30,6 +30,9 @@ SHORT = ["train.max_steps=6", "checkpoint.every_steps=2", "validation.every_step
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("vidar_data")
     write_dataset(root, n_episodes=4, num_frames=30, fps=10, size=(64, 64))
+    # Prompts of different token lengths in one batch (cached embeddings are [L_i, dim]).
+    write_episode(root, "ep_long", num_frames=30, fps=10, size=(64, 64),
+                  instruction="pick up the red cube and put it into the blue bowl slowly")
     assert main(["prepare", "manifest", str(root)]) == 0
     return root
 

@@ -43,7 +43,6 @@ from worldtune.data.video import (
     read_frames,
     resample_indices,
     resize_center_crop,
-    to_model_range,
     valid_num_frames,
 )
 
@@ -260,21 +259,33 @@ class EpisodeClipDataset(Dataset):
         c = self.cfg
         rows, cols = tile_grid(len(self.cameras), c.camera_layout)
         tile_h, tile_w = c.height // rows, c.width // cols
+        paths = info.video_paths()
+        if len(paths) == 1:  # one camera: the tile is the frame, no canvas to fill
+            return self._tile(info, paths[0], indices, tile_h, tile_w).permute(1, 0, 2, 3).contiguous()
         canvas = torch.full((len(indices), 3, c.height, c.width), -1.0)  # unused grid tiles stay black
-        for k, path in enumerate(info.video_paths()):
-            try:
-                frames = read_frames(path, indices)
-            except VideoError as e:
-                raise BadEpisode(info.dir, f"cannot decode {path.name} ({e})") from e
-            tile = resize_center_crop(to_model_range(frames).permute(1, 0, 2, 3), tile_h, tile_w)
+        for k, path in enumerate(paths):
             r, col = divmod(k, cols)
+            tile = self._tile(info, path, indices, tile_h, tile_w)
             canvas[:, :, r * tile_h : (r + 1) * tile_h, col * tile_w : (col + 1) * tile_w] = tile
-        # Interpolation can step just outside [-1, 1] through float rounding.
-        return canvas.clamp_(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
+        return canvas.permute(1, 0, 2, 3).contiguous()
+
+    @staticmethod
+    def _tile(info: EpisodeInfo, path: Path, indices: list[int], height: int, width: int) -> torch.Tensor:
+        """One camera's frames as float [T, 3, height, width] in [-1, 1]."""
+        try:
+            frames = read_frames(path, indices)
+        except VideoError as e:
+            raise BadEpisode(info.dir, f"cannot decode {path.name} ({e})") from e
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # [T, 3, H, W]
+        # Resize in [0, 255], then map to [-1, 1] once on the smaller tile; clamp the interpolation's
+        # float overshoot.
+        tile = resize_center_crop(pixels, height, width)
+        return tile.mul_(1 / 127.5).sub_(1.0).clamp_(-1.0, 1.0)
 
 
 def collate_episodes(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors along a new batch dim; keep strings and ints as lists."""
+    """Stack tensors along a new batch dim; keep strings, ints and tensors whose shapes differ from
+    item to item (cached prompt embeddings `[L_i, dim]`) as lists."""
     if not items:
         raise ValueError("collate_episodes needs at least one item")
     keys = list(items[0])
@@ -283,5 +294,6 @@ def collate_episodes(items: list[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {}
     for key in keys:
         values = [item[key] for item in items]
-        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        same_shape = isinstance(values[0], torch.Tensor) and all(v.shape == values[0].shape for v in values)
+        batch[key] = torch.stack(values) if same_shape else values
     return batch
