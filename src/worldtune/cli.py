@@ -11,13 +11,21 @@ from worldtune.config import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["prepare", "ctrl-world"]:  # the converter owns its flags (the seed's command line)
+        return _guarded(lambda: _prepare_ctrl_world(argv[2:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    return _guarded(lambda: args.handler(args))
+
+
+def _guarded(run) -> int:
+    """Run a command; user errors print one line naming the problem instead of a traceback."""
     try:
-        return int(args.handler(args) or 0)
+        return int(run() or 0)
     except ConfigError as err:
         print(f"worldtune: config error: {err}", file=sys.stderr)
         return 2
@@ -92,6 +100,8 @@ def _add_prepare(commands) -> None:
     latents.add_argument("--normalise", action="store_true", help="store normalised latents (default: raw)")
     latents.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     latents.set_defaults(handler=_prepare_vae_latents)
+    jobs.add_parser("ctrl-world", help="convert ALOHA-style HDF5 recordings into Ctrl-World's layout "
+                    "(--input_dir RAW --output_dir OUT/flexiv_data --vae_path SVD_DIR --dataset_name NAME)")
     cache = jobs.add_parser("cache", help="encode every clip's latents and prompt embeddings once")
     cache.add_argument("config")
     cache.add_argument("overrides", nargs="*")
@@ -147,6 +157,15 @@ def _prepare_manifest(args: argparse.Namespace) -> int:
     from worldtune.data.formats.episodes import write_manifest
 
     print(write_manifest(args.data_dir, val_ratio=args.val_ratio, seed=args.seed))
+    return 0
+
+
+def _prepare_ctrl_world(argv: list[str]) -> int:
+    from worldtune.data.ctrl_world_convert import main as convert
+
+    stats = convert(argv)
+    print(f"worldtune: {stats.converted} episodes converted, {stats.already_done} already done, "
+          f"{len(stats.skipped_files)} skipped -> {stats.train_episodes} train / {stats.val_episodes} val")
     return 0
 
 

@@ -11,6 +11,7 @@ from worldtune.recipes.base import Parts, Recipe
 BUILTIN: dict[str, str] = {
     "vidar": "worldtune.recipes.vidar:RECIPE",
     "lam": "worldtune.recipes.lam:RECIPE",
+    "ctrl_world": "worldtune.recipes.ctrl_world:RECIPE",
 }
 
 __all__ = ["BUILTIN", "Parts", "Recipe", "get_recipe"]

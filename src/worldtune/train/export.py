@@ -69,7 +69,8 @@ def export_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, ema
         weights = recipe.export_weights(weights, _config_of(path, recipe))
     run_root = path.parent.parent if path.parent.name == "checkpoints" else path
     out = Path(out_dir) if out_dir is not None else run_root / "export"
-    stem = name or (recipe.export_name if custom else "model")
+    step = trainer_state["progress"]["step"]
+    stem = name or (recipe.export_name.format(step=step) if custom else "model")
     return write_weights(weights, out, stem, metadata={"step": str(trainer_state["progress"]["step"])})
 
 

@@ -1,0 +1,61 @@
+"""EDM preconditioning in SVD's convention, the Karras sigma schedule, and the multi-view helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Precond:
+    """EDM (Karras et al. 2022) coefficients at `sigma` (sigma_data = 1), SVD's v-prediction sign.
+
+    `x0_hat = c_skip * x + c_out * F(c_in * x, c_noise)` with `x = x0 + sigma * n`. `c_out` is NEGATIVE
+    (`-sigma / sqrt(sigma^2 + 1)`), so the UNet's regression target is `(n - sigma * x0) / sqrt(sigma^2 + 1)`:
+    SVD's sign, and what diffusers' `EulerDiscreteScheduler(prediction_type="v_prediction",
+    timestep_type="continuous")` assumes (`timestep = log(sigma) / 4`). Training and sampling both use this.
+    """
+
+    c_in: torch.Tensor
+    c_skip: torch.Tensor
+    c_out: torch.Tensor
+    c_noise: torch.Tensor
+    weight: torch.Tensor  # loss weight (sigma^2 + 1) / sigma^2 = 1 / c_out^2
+
+    @classmethod
+    def at(cls, sigma: torch.Tensor) -> Precond:
+        s2 = sigma**2 + 1
+        return cls(
+            c_in=s2.rsqrt(),
+            c_skip=1 / s2,
+            c_out=-sigma * s2.rsqrt(),
+            c_noise=sigma.log() / 4,
+            weight=s2 / sigma**2,
+        )
+
+
+def karras_sigmas(
+    num_steps: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0
+) -> torch.Tensor:
+    """`num_steps` decreasing Karras sigmas from `sigma_max` to `sigma_min`, then a final 0 (`[num_steps + 1]`).
+
+    SVD's scheduler config (`use_karras_sigmas=True`, `sigma_min=0.002`, `sigma_max=700`) gives the same list.
+    """
+    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+
+
+def stack_views(views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Views `[..., C, h, w]` -> one image `[..., C, V*h, w]` (stacked along height, view 0 on top)."""
+    return torch.cat(list(views), dim=-2)
+
+
+def split_views(x: torch.Tensor, num_views: int) -> list[torch.Tensor]:
+    """Inverse of `stack_views`: `[..., C, V*h, w]` -> `V` tensors `[..., C, h, w]`."""
+    if x.shape[-2] % num_views:
+        raise ValueError(f"height {x.shape[-2]} is not a multiple of {num_views} views")
+    return list(x.chunk(num_views, dim=-2))

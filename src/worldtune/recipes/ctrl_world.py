@@ -1,0 +1,190 @@
+"""Ctrl-World (seed `5-ctrl-world-flexiv.md`): an action-conditioned, multi-view, history-conditioned
+world model on Stable Video Diffusion's UNet.
+
+Data come from `worldtune prepare ctrl-world` (the seed's `flexiv_data/` layout, or upstream's
+DROID layout): latents of every view stacked along height, per-frame 7-D actions normalised with
+`stat.json`'s 1st / 99th percentiles. The UNet and the action encoder train; the VAE and CLIP stay
+frozen. `worldtune export` writes `checkpoint-<N>.pt` (keys `unet.*`, `action_encoder.*`, as upstream).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from worldtune.config import ConfigError, RunConfig
+from worldtune.data.formats.ctrl_world import CtrlWorldDataConfig, CtrlWorldDataset
+from worldtune.models.svd_world import CtrlWorldModel
+from worldtune.recipes.base import Parts, Recipe
+from worldtune.train.logging import get_logger
+
+log = get_logger()
+
+
+@dataclass
+class CtrlWorldModelConfig:
+    # svd: the published SVD img2vid UNet (from svd_path/unet, else random); tiny: a CPU-sized UNet.
+    size: str = "svd"
+    # Stable Video Diffusion folder (unet/, vae/); the VAE decodes validation and rollout videos.
+    svd_path: str | None = None
+    # A pretrained Ctrl-World `checkpoint-N.pt` (or our export) loaded with strict=False.
+    ckpt_path: str | None = None
+    # How the converter encoded frames: svd (SVD VAE latents x scaling factor) | space_to_depth.
+    latent_space: str = "svd"
+    space_to_depth_factor: int = 4
+    latent_channels: int = 4
+    action_dim: int = 7
+    # The instruction's CLIP text embedding added to the action tokens (needs clip_path).
+    text_cond: bool = True
+    clip_path: str | None = None
+    frame_level_cond: bool = True
+    his_cond_zero: bool = False
+    motion_bucket_id: int = 127
+    fps: int = 7
+    cfg_drop: float = 0.05
+    guidance_scale: float = 2.0
+    num_inference_steps: int = 25
+    # tiny size only: UNet widths, cross-attention width, action MLP widths.
+    tiny_block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
+    tiny_cross_attention_dim: int = 32
+    tiny_action_widths: list[int] = field(default_factory=lambda: [64, 64])
+
+
+@dataclass
+class CtrlWorldRunConfig(RunConfig):
+    model: CtrlWorldModelConfig = field(default_factory=CtrlWorldModelConfig)
+    data: CtrlWorldDataConfig = field(default_factory=CtrlWorldDataConfig)
+
+
+def build_world_model(cfg: CtrlWorldRunConfig) -> CtrlWorldModel:
+    m, d = cfg.model, cfg.data
+    common = dict(num_history=d.num_history, num_frames=d.num_frames, frame_level=m.frame_level_cond,
+                  his_cond_zero=m.his_cond_zero, motion_bucket_id=m.motion_bucket_id, fps=m.fps,
+                  cfg_drop=m.cfg_drop, latent_scale=0.18215 if m.latent_space == "svd" else 1.0)
+    text_dim = 512 if m.text_cond else None
+    if m.size == "tiny":
+        unet = {"block_out_channels": tuple(m.tiny_block_out_channels),
+                "cross_attention_dim": m.tiny_cross_attention_dim}
+        return CtrlWorldModel.tiny(latent_channels=m.latent_channels, action_dim=m.action_dim, text_dim=text_dim,
+                                   action_widths=tuple(m.tiny_action_widths), unet_kwargs=unet, **common)
+    if m.size != "svd":
+        raise ConfigError(f"model.size: expected svd or tiny, got {m.size!r}")
+    if m.svd_path:
+        return CtrlWorldModel.from_svd(m.svd_path, subfolder="unet", action_dim=m.action_dim, text_dim=text_dim,
+                                       **common)
+    log.warning("model.svd_path is not set: the SVD UNet starts from random weights")
+    return CtrlWorldModel.svd(action_dim=m.action_dim, text_dim=text_dim, **common)
+
+
+def load_pretrained(model: torch.nn.Module, path: str) -> None:
+    """A Ctrl-World checkpoint (`checkpoint-N.pt`: a state dict of the whole upstream module, whose
+    `unet.*` and `action_encoder.*` keys are ours) loaded with strict=False and reported."""
+    from worldtune.models.wan.checkpoints import load_into
+
+    report = load_into(model, path, strict=False)
+    log.info("model.ckpt_path %s: %s", path, report.summary())
+
+
+class CtrlWorldRecipe(Recipe):
+    name = "ctrl_world"
+    config_class = CtrlWorldRunConfig
+    export_name = "checkpoint-{step}"
+
+    def build(self, cfg: CtrlWorldRunConfig) -> Parts:
+        parts = self.build_models(cfg)
+        parts.train_dataset = CtrlWorldDataset(dataclasses.replace(cfg.data, split="train"))
+        parts.val_dataset = _optional(cfg.data, "val")
+        return parts
+
+    def build_models(self, cfg: CtrlWorldRunConfig) -> Parts:
+        model = build_world_model(cfg)
+        if cfg.model.ckpt_path:
+            load_pretrained(model, cfg.model.ckpt_path)
+        frozen = {}
+        if cfg.model.text_cond:
+            frozen["text_encoder"] = ClipText.load(cfg.model.clip_path)
+        return Parts(model=model, train_dataset=None, frozen=frozen, extras={"cfg": cfg})
+
+    @staticmethod
+    def text_embedding(parts: Parts, texts: list[str]) -> torch.Tensor | None:
+        encoder = parts.frozen.get("text_encoder")
+        return None if encoder is None else encoder(texts)
+
+    def loss(self, parts: Parts, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        text = self.text_embedding(parts, list(batch["text"]))
+        out = parts.model.training_loss(batch["latent"].float(), batch["action"].float(), text)
+        return {"loss": out["loss"], "mse": out["mse"].mean().detach()}
+
+    @torch.no_grad()
+    def sample(self, parts: Parts, batch: dict[str, Any]) -> dict[str, Any]:
+        """Predict each validation item's future frames from its history, current frame and actions."""
+        cfg = parts.extras["cfg"]
+        latents = batch["latent"].float()
+        history = latents[:, : cfg.data.num_history + 1]
+        future = parts.model.sample(history, batch["action"].float(), self.text_embedding(parts, list(batch["text"])),
+                                    num_inference_steps=cfg.model.num_inference_steps,
+                                    guidance_scale=cfg.model.guidance_scale)
+        prediction = torch.cat([history, future[:, 1:]], dim=1)
+        space = latent_space(cfg)
+        return {"video": decode_video(space, prediction), "target": decode_video(space, latents)}
+
+    def export_weights(self, weights: dict[str, torch.Tensor], cfg: CtrlWorldRunConfig) -> dict[str, torch.Tensor]:
+        return weights  # already upstream's key layout: unet.*, action_encoder.*
+
+
+def latent_space(cfg: CtrlWorldRunConfig):
+    from worldtune.models.latent_spaces import build_latent_space
+
+    return build_latent_space(cfg.model.latent_space, svd_path=cfg.model.svd_path,
+                              factor=cfg.model.space_to_depth_factor)
+
+
+def decode_video(space, latents: torch.Tensor) -> torch.Tensor:
+    """[B, T, C, h, w] latents -> [B, 3, T, H, W] video in [-1, 1] (views stay stacked along height)."""
+    frames = [space.decode(clip.cpu()) for clip in latents]  # each [T, 3, H, W]
+    return torch.stack(frames).permute(0, 2, 1, 3, 4)
+
+
+class ClipText(torch.nn.Module):
+    """The instruction's CLIP text embedding (`text_embeds`, 512-d for clip-vit-base-patch32), cached."""
+
+    def __init__(self, model, tokenizer) -> None:
+        super().__init__()
+        self.model, self.tokenizer = model.eval().requires_grad_(False), tokenizer
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def load(cls, path: str | None) -> ClipText:
+        if not path:
+            raise ConfigError("model.clip_path: text_cond needs a local CLIP text model (clip-vit-base-patch32)")
+        from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+        return cls(CLIPTextModelWithProjection.from_pretrained(path), AutoTokenizer.from_pretrained(path))
+
+    def train(self, mode: bool = True) -> ClipText:
+        return super().train(False)  # frozen: stays in eval mode whatever the trainer asks
+
+    @torch.no_grad()
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            device = next(self.model.parameters()).device
+            tokens = self.tokenizer(missing, padding="max_length", truncation=True, return_tensors="pt").to(device)
+            for text, embed in zip(missing, self.model(**tokens).text_embeds, strict=True):
+                self._cache[text] = embed.float()
+        return torch.stack([self._cache[t] for t in texts])
+
+
+def _optional(data: CtrlWorldDataConfig, split: str) -> CtrlWorldDataset | None:
+    try:
+        dataset = CtrlWorldDataset(dataclasses.replace(data, split=split))
+    except (ValueError, FileNotFoundError) as err:
+        log.info("no %s split: %s", split, err)
+        return None
+    return dataset if len(dataset) else None
+
+
+RECIPE = CtrlWorldRecipe()
