@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     _add_lam(commands)
     _add_eval(commands)
+    demo = commands.add_parser("demo", help="simulate a robot, convert, train a tiny Ctrl-World, evaluate (CPU)")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--episodes", type=int, default=24)
+    demo.add_argument("--steps", type=int, default=300, help="training steps")
+    demo.set_defaults(handler=_demo)
 
     inspect = commands.add_parser("inspect", help="print the resolved config, parameter counts, data sizes")
     inspect.add_argument("config")
@@ -127,6 +132,13 @@ def _add_eval(commands) -> None:
     lam.add_argument("--split", default="test")
     lam.add_argument("--data_dir", help="default: the run's data.data_dir")
     lam.set_defaults(handler=_eval_lam)
+    world = systems.add_parser("ctrl-world", help="rollout PSNR / SSIM per view against ground truth")
+    world.add_argument("run_dir")
+    world.add_argument("--split", default="val")
+    world.add_argument("--chunks", type=int, default=2)
+    world.add_argument("--episodes", type=int, help="at most this many episodes")
+    world.add_argument("--no_baselines", action="store_true", help="skip the repeat-last-frame / other-actions baselines")
+    world.set_defaults(handler=_eval_ctrl_world)
 
 
 def _add_generate(commands) -> None:
@@ -151,6 +163,14 @@ def _add_generate(commands) -> None:
     vidar.add_argument("--out", required=True)
     vidar.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config override")
     vidar.set_defaults(handler=_generate_vidar)
+    world = systems.add_parser("ctrl-world", help="roll a trained Ctrl-World out on an episode, all views")
+    world.add_argument("--run", required=True, help="a ctrl_world run directory")
+    world.add_argument("--episode", required=True, help="a converted episode folder, e.g. flexiv_data/3")
+    world.add_argument("--actions", help="raw actions .npy [T, action_dim] to drive it (default: the episode's)")
+    world.add_argument("--chunks", type=int, default=2)
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--out", required=True)
+    world.set_defaults(handler=_generate_ctrl_world)
 
 
 def _prepare_manifest(args: argparse.Namespace) -> int:
@@ -160,12 +180,52 @@ def _prepare_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from worldtune.demo import run_demo, summary
+
+    metrics = run_demo(args.out, episodes=args.episodes, steps=args.steps)
+    print(summary(metrics, Path(args.out)))
+    return 0
+
+
+def _generate_ctrl_world(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    import numpy as np
+
+    from worldtune.data.formats.ctrl_world import load_episode
+    from worldtune.recipes import ctrl_world_tools as tools
+
+    cfg, model = tools.load_run(args.run)
+    cfg = dataclasses.replace(cfg, data=tools.data_config_for_episode(cfg, args.episode))
+    episode = load_episode(cfg.data.dataset_root, Path(args.episode).name, cfg.data.views, cfg.data.layout)
+    actions = tools.episode_actions(cfg, episode, np.load(args.actions)) if args.actions else None
+    run = tools.rollout(model, cfg, episode, args.chunks, actions=actions, seed=args.seed)
+    print(tools.write_rollout_video(args.out, cfg, run, fps=cfg.validation.fps))
+    return 0
+
+
+def _eval_ctrl_world(args: argparse.Namespace) -> int:
+    import json
+
+    from worldtune.recipes.ctrl_world_tools import evaluate
+
+    report = evaluate(args.run_dir, split=args.split, chunks=args.chunks, max_episodes=args.episodes,
+                      baselines=not args.no_baselines)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def _prepare_ctrl_world(argv: list[str]) -> int:
     from worldtune.data.ctrl_world_convert import main as convert
 
     stats = convert(argv)
     print(f"worldtune: {stats.converted} episodes converted, {stats.already_done} already done, "
-          f"{len(stats.skipped_files)} skipped -> {stats.train_episodes} train / {stats.val_episodes} val")
+          f"{len(stats.skipped_files)} skipped -> {len(stats.train_episodes)} train / "
+          f"{len(stats.val_episodes)} val episodes")
     return 0
 
 

@@ -47,475 +47,84 @@ Command line (mirrors the seed's ``flexiv_to_ctrlworld.py``)::
     python -m worldtune.data.ctrl_world_convert --input_dir RECORDINGS \\
         --output_dir dataset_example/flexiv_data --vae_path /models/stable-video-diffusion-img2vid \\
         --dataset_name flexiv_1113 --device cuda
+
+The work is split over sibling modules, all re-exported here: reading and checking recordings
+(:mod:`~worldtune.data.ctrl_world_convert_recording`), the episode layout, annotations and marker
+(:mod:`~worldtune.data.ctrl_world_convert_layout`) and the statistics, samples and meta info
+(:mod:`~worldtune.data.ctrl_world_convert_meta`); this module holds :func:`convert_recordings` and
+the command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import math
-import os
-import random
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
-from worldtune.models.latent_spaces import LatentSpace, build_latent_space, frames_to_model_range
+from worldtune.data.ctrl_world_convert_layout import (
+    MARKER,
+    MARKER_FORMAT,
+    ConvertMismatchError,
+    _check_marker,
+    _convert_one,
+    _Episode,
+    _episode_complete,
+    _load_done,
+    annotation_relpath,
+    latent_relpath,
+)
+from worldtune.data.ctrl_world_convert_meta import (
+    ConvertStats,
+    meta_info_dir,
+    min_episode_length,
+    sample_frame_ids,
+    split_episodes,
+    write_meta_info,
+)
+from worldtune.data.ctrl_world_convert_recording import (
+    DEFAULT_CAMERAS,
+    FRAME_CHUNK,
+    RECORDING_SUFFIXES,
+    BadRecording,
+    PathLike,
+    _Options,
+    list_recordings,
+)
+from worldtune.models.latent_spaces import LatentSpace, build_latent_space
 from worldtune.train.logging import get_logger
 from worldtune.train.logging import progress as progress_bar
 
+__all__ = [
+    "DEFAULT_CAMERAS",
+    "FRAME_CHUNK",
+    "MARKER",
+    "MARKER_FORMAT",
+    "RECORDING_SUFFIXES",
+    "BadRecording",
+    "ConvertMismatchError",
+    "ConvertStats",
+    "PathLike",
+    "annotation_relpath",
+    "build_parser",
+    "convert_recordings",
+    "latent_relpath",
+    "list_recordings",
+    "main",
+    "meta_info_dir",
+    "min_episode_length",
+    "sample_frame_ids",
+    "split_episodes",
+    "write_meta_info",
+]
+
 logger = get_logger("worldtune.data.ctrl_world_convert")
-
-PathLike = str | os.PathLike[str]
-
-MARKER = ".worldtune_convert.json"
-MARKER_FORMAT = "worldtune.ctrl_world_convert.v1"
-RECORDING_SUFFIXES = (".hdf5", ".h5")
-DEFAULT_CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
-FRAME_CHUNK = 32  # frames read, resized and encoded at a time
-
-
-class BadRecording(ValueError):
-    """A recording cannot be converted; the message names the file and the problem."""
-
-    def __init__(self, path: PathLike, problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-
-class ConvertMismatchError(ValueError):
-    """The output folder holds a different conversion; the message says what differs."""
-
-
-@dataclass
-class ConvertStats:
-    converted: int = 0  # episodes converted in this run
-    already_done: int = 0  # episodes found complete and left as they were
-    skipped: int = 0  # bad recordings skipped (on_bad_sample="skip")
-    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (file, problem)
-    num_episodes: int = 0  # complete episodes in the meta info
-    num_frames: int = 0  # their frames (after downsampling)
-    train_episodes: list[int] = field(default_factory=list)
-    val_episodes: list[int] = field(default_factory=list)
-    train_samples: int = 0
-    val_samples: int = 0
-    output_dir: str = ""
-    meta_info_dir: str = ""
-
-
-@dataclass
-class _Episode:
-    """What the meta info needs of one complete episode."""
-
-    states: np.ndarray
-    actions: np.ndarray
-    video_length: int
-
-
-# ------------------------------------------------------------------------------------------ paths
-
-
-def meta_info_dir(output_dir: PathLike, dataset_name: str) -> Path:
-    """``<output_dir>_meta_info/<dataset_name>`` (e.g. ``flexiv_data_meta_info/flexiv_1113``)."""
-    out = Path(output_dir)
-    return out.parent / f"{out.name}_meta_info" / dataset_name
-
-
-def latent_relpath(view: int) -> str:
-    return f"latent_videos/{view}/0.pt"
-
-
-def annotation_relpath(view: int) -> str:
-    return f"annotation/{view}.json"
-
-
-def list_recordings(input_dir: PathLike) -> list[Path]:
-    root = Path(input_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: input folder of HDF5 recordings does not exist")
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in RECORDING_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"{root}: no *.hdf5 / *.h5 recordings found")
-    return files
-
-
-def min_episode_length(num_history: int, num_frames: int, history_stride: int, frame_stride: int) -> int:
-    """Frames an episode needs for one full sample window."""
-    return num_history * history_stride + (num_frames - 1) * frame_stride + 1
-
-
-def sample_frame_ids(
-    video_length: int, num_history: int, num_frames: int, history_stride: int, frame_stride: int
-) -> list[int]:
-    """Every current frame ``t`` whose history and future window fits inside the episode."""
-    first = num_history * history_stride
-    last = video_length - 1 - (num_frames - 1) * frame_stride
-    return list(range(first, last + 1))
-
-
-# ------------------------------------------------------------------------------------ atomic writes
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, obj: Any, indent: int | None = None) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _atomic_write(path, write)
-
-
-def _write_tensor(path: Path, tensor: torch.Tensor) -> None:
-    _atomic_write(path, lambda tmp: torch.save(tensor.detach().cpu().contiguous().clone(), tmp))
-
-
-# ------------------------------------------------------------------------------------- recordings
-
-
-def _dataset(f: h5py.File, key: str) -> h5py.Dataset | None:
-    obj = f.get(key)
-    return obj if isinstance(obj, h5py.Dataset) else None
-
-
-def _image_kind(ds: h5py.Dataset) -> str | None:
-    """The image storage: "raw" (uint8 [T, H, W, 3]), "encoded" (one JPEG / PNG per element) or None."""
-    if ds.ndim == 4 and ds.dtype == np.uint8 and ds.shape[-1] == 3:
-        return "raw"
-    if ds.ndim == 1 and (h5py.check_vlen_dtype(ds.dtype) is not None or ds.dtype.kind in "SO"):
-        return "encoded"
-    if ds.ndim == 2 and ds.dtype == np.uint8:
-        return "encoded"  # zero-padded byte rows, as ALOHA's compressed recordings
-    return None
-
-
-def _decode_image(data: Any) -> np.ndarray:
-    raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
-    with Image.open(io.BytesIO(raw)) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def _read_instruction(f: h5py.File, path: Path, key: str) -> str:
-    value: Any = f.attrs.get(key)
-    if value is None:
-        ds = _dataset(f, key)
-        if ds is not None:
-            value = ds[()]
-    if isinstance(value, np.ndarray):
-        value = value.reshape(-1)[0] if value.size else None
-    if isinstance(value, (bytes, np.bytes_)):
-        value = value.decode("utf-8", errors="replace")
-    if value is None or not str(value).strip():
-        logger.warning("%s: no instruction (root attribute or dataset %r); using ''", path, key)
-        return ""
-    return str(value)
-
-
-def _first_nonfinite(x: np.ndarray) -> int | None:
-    bad = ~np.isfinite(x)
-    if not bad.any():
-        return None
-    return int(np.argwhere(bad)[0][0])
-
-
-@dataclass
-class _Options:
-    cameras: tuple[str, ...]
-    image_key: str
-    state_key: str
-    action_key: str
-    instruction_key: str
-    height: int
-    width: int
-    fps_downsample: int
-    fps: float | None
-    min_length: int
-
-
-class _Recording:
-    """One open recording, checked; frames are read lazily per camera."""
-
-    def __init__(self, path: Path, f: h5py.File, opt: _Options, dims: tuple[int, int] | None) -> None:
-        self.path = path
-        self.opt = opt
-        self.images: list[h5py.Dataset] = []
-        self.kinds: list[str] = []
-        for cam in opt.cameras:
-            key = f"{opt.image_key}/{cam}"
-            ds = _dataset(f, key)
-            if ds is None:
-                group = f.get(opt.image_key)
-                have = sorted(group.keys()) if isinstance(group, h5py.Group) else []
-                raise BadRecording(
-                    path, f"missing camera {cam!r}: no dataset {key!r} (cameras there: {have})"
-                )
-            kind = _image_kind(ds)
-            if kind is None:
-                raise BadRecording(
-                    path,
-                    f"camera {cam!r}: unsupported image dataset {key!r} (shape {ds.shape}, dtype {ds.dtype})",
-                )
-            self.images.append(ds)
-            self.kinds.append(kind)
-        self.states = self._vectors(f, opt.state_key, "state")
-        self.actions = self._vectors(f, opt.action_key, "action")
-
-        lengths = {f"camera {cam!r}": ds.shape[0] for cam, ds in zip(opt.cameras, self.images, strict=True)}
-        lengths[f"state {opt.state_key!r}"] = self.states.shape[0]
-        lengths[f"action {opt.action_key!r}"] = self.actions.shape[0]
-        if len(set(lengths.values())) > 1:
-            listed = ", ".join(f"{name} {n}" for name, n in lengths.items())
-            raise BadRecording(path, f"frames and actions/states have different lengths ({listed})")
-        self.raw_length = self.states.shape[0]
-        for name, key, values in (
-            ("state", opt.state_key, self.states),
-            ("action", opt.action_key, self.actions),
-        ):
-            frame = _first_nonfinite(values)
-            if frame is not None:
-                raise BadRecording(path, f"{name} {key!r} has NaN/inf values (first at frame {frame})")
-        got = (self.states.shape[1], self.actions.shape[1])
-        if dims is not None and got != dims:
-            raise BadRecording(
-                path, f"state/action dims {got} differ from the other episodes' {dims} (state, action)"
-            )
-
-        self.indices = list(range(0, self.raw_length, opt.fps_downsample))
-        if len(self.indices) < opt.min_length:
-            raise BadRecording(
-                path,
-                f"episode too short: {len(self.indices)} frames after fps_downsample={opt.fps_downsample} "
-                f"({self.raw_length} recorded), a sample needs at least {opt.min_length}",
-            )
-        self.text = _read_instruction(f, path, opt.instruction_key)
-        source_fps = opt.fps
-        if source_fps is None:
-            for attr in ("fps", "frame_rate"):
-                if attr in f.attrs:
-                    source_fps = float(np.asarray(f.attrs[attr]).reshape(-1)[0])
-                    break
-        self.fps = None if source_fps is None else source_fps / opt.fps_downsample
-
-    def _vectors(self, f: h5py.File, key: str, name: str) -> np.ndarray:
-        ds = _dataset(f, key)
-        if ds is None:
-            raise BadRecording(self.path, f"missing {name} key {key!r}")
-        values = np.asarray(ds[()], dtype=np.float64)
-        if values.ndim != 2 or values.shape[1] < 1:
-            raise BadRecording(self.path, f"{name} {key!r} must be [T, D], got shape {values.shape}")
-        return values
-
-    def frames(self, view: int, indices: Sequence[int]) -> np.ndarray:
-        """uint8 ``[n, H, W, 3]`` frames of one camera at the (raw) ``indices``."""
-        ds, cam = self.images[view], self.opt.cameras[view]
-        if self.kinds[view] == "raw":
-            step = self.opt.fps_downsample  # indices are every step-th frame: read them as one slice
-            return np.asarray(ds[indices[0] : indices[-1] + 1 : step])
-        out = []
-        for i in indices:
-            try:
-                image = _decode_image(ds[i])
-            except Exception as e:  # PIL raises several types for corrupt data
-                raise BadRecording(self.path, f"camera {cam!r}: cannot decode image frame {i} ({e})") from e
-            if out and image.shape != out[0].shape:
-                raise BadRecording(
-                    self.path,
-                    f"camera {cam!r}: frame {i} is {image.shape[:2]}, earlier frames {out[0].shape[:2]}",
-                )
-            out.append(image)
-        return np.stack(out)
-
-    def encode_view(self, view: int, latent_space: LatentSpace) -> torch.Tensor:
-        opt = self.opt
-        chunks = []
-        for start in range(0, len(self.indices), FRAME_CHUNK):
-            frames = self.frames(view, self.indices[start : start + FRAME_CHUNK])
-            x = frames_to_model_range(frames)
-            device = getattr(latent_space, "device", None)  # resize where the latent space runs
-            if device is not None:
-                x = x.to(device)
-            if tuple(x.shape[-2:]) != (opt.height, opt.width):
-                x = F.interpolate(x, size=(opt.height, opt.width), mode="bilinear", align_corners=False)
-                x = x.clamp_(-1.0, 1.0)
-            chunks.append(latent_space.encode(x).float().cpu())
-        return torch.cat(chunks)
-
-
-# ---------------------------------------------------------------------------------------- marker
-
-
-def _check_marker(out: Path, expected: dict[str, Any]) -> None:
-    path = out / MARKER
-    if path.is_file():
-        try:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConvertMismatchError(f"{path}: unreadable conversion marker ({e})") from e
-        diffs = [
-            f"{key}: {recorded.get(key)!r} there, {value!r} now"
-            for key, value in expected.items()
-            if recorded.get(key) != value
-        ]
-        if diffs:
-            raise ConvertMismatchError(
-                f"{out} already holds a different dataset ({'; '.join(diffs)}); "
-                "convert into another output folder, or delete this one"
-            )
-        return
-    if out.is_dir() and any(out.iterdir()):
-        raise ConvertMismatchError(f"{out} is not empty and holds no {MARKER}: refusing to convert into it")
-    _write_json(path, expected, indent=2)
-
-
-def _episode_complete(ep_dir: Path, num_views: int) -> bool:
-    return all(
-        (ep_dir / latent_relpath(v)).is_file() and (ep_dir / annotation_relpath(v)).is_file()
-        for v in range(num_views)
-    )
-
-
-def _load_done(ep_dir: Path, recording: Path) -> _Episode:
-    """The meta-info part of a complete episode; it must come from the same recording."""
-    path = ep_dir / annotation_relpath(0)
-    try:
-        ann = json.loads(path.read_text(encoding="utf-8"))
-        episode = _Episode(
-            np.asarray(ann["states"], dtype=np.float64),
-            np.asarray(ann["actions"], dtype=np.float64),
-            int(ann["video_length"]),
-        )
-        source = ann["source"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ConvertMismatchError(f"{path}: unreadable annotation of a converted episode ({e})") from e
-    if source != recording.name:
-        raise ConvertMismatchError(
-            f"{ep_dir}: converted from {source!r}, but recording #{ep_dir.name} is now {recording.name!r} "
-            "(the input folder changed); convert into a new output folder"
-        )
-    return episode
-
-
-# ----------------------------------------------------------------------------------------- meta info
-
-
-def _percentiles(x: np.ndarray, prefix: str) -> dict[str, list[float]]:
-    return {
-        f"{prefix}_01": np.percentile(x, 1, axis=0).tolist(),
-        f"{prefix}_99": np.percentile(x, 99, axis=0).tolist(),
-        f"{prefix}_mean": x.mean(axis=0).tolist(),
-        f"{prefix}_std": x.std(axis=0).tolist(),
-    }
-
-
-def split_episodes(episode_ids: Sequence[int], val_ratio: float, seed: int) -> tuple[list[int], list[int]]:
-    """Reproducible episode-level split: (train ids, val ids), both sorted."""
-    ids = sorted(episode_ids)
-    n_val = 0
-    if len(ids) >= 2 and val_ratio > 0:
-        n_val = min(len(ids) - 1, max(1, round(len(ids) * val_ratio)))
-    shuffled = list(ids)
-    random.Random(seed).shuffle(shuffled)
-    val = sorted(shuffled[:n_val])
-    val_set = set(val)
-    return [e for e in ids if e not in val_set], val
-
-
-def write_meta_info(
-    meta_dir: Path,
-    episodes: dict[int, _Episode],
-    *,
-    val_ratio: float,
-    seed: int,
-    num_history: int,
-    num_frames: int,
-    history_stride: int,
-    frame_stride: int,
-    stats: ConvertStats,
-) -> None:
-    states = np.concatenate([e.states for e in episodes.values()])
-    actions = np.concatenate([e.actions for e in episodes.values()])
-    stat: dict[str, Any] = {**_percentiles(states, "state"), **_percentiles(actions, "action")}
-    stat["num_episodes"] = len(episodes)
-    stat["num_frames"] = int(sum(e.video_length for e in episodes.values()))
-    train, val = split_episodes(list(episodes), val_ratio, seed)
-
-    def samples(ids: list[int]) -> list[dict[str, Any]]:
-        out = []
-        for e in ids:
-            frames = sample_frame_ids(
-                episodes[e].video_length, num_history, num_frames, history_stride, frame_stride
-            )
-            out.extend({"episode_id": e, "frame_ids": [t]} for t in frames)
-        return out
-
-    train_samples, val_samples = samples(train), samples(val)
-    _write_json(meta_dir / "stat.json", stat, indent=2)
-    _write_json(meta_dir / "train_sample.json", train_samples, indent=4)
-    _write_json(meta_dir / "val_sample.json", val_samples, indent=4)
-    stats.num_episodes, stats.num_frames = len(episodes), stat["num_frames"]
-    stats.train_episodes, stats.val_episodes = train, val
-    stats.train_samples, stats.val_samples = len(train_samples), len(val_samples)
-    if not val:
-        logger.warning("%s: no validation episodes (%d episode(s) converted)", meta_dir, len(episodes))
 
 
 # --------------------------------------------------------------------------------------- converter
-
-
-def _convert_one(
-    path: Path, ep: int, ep_dir: Path, opt: _Options, latent_space: LatentSpace, dims: tuple[int, int] | None
-) -> _Episode:
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise BadRecording(path, f"cannot open as HDF5 ({e})") from e
-    with f:
-        rec = _Recording(path, f, opt, dims)
-        latents = [rec.encode_view(v, latent_space) for v in range(len(opt.cameras))]
-    states, actions = rec.states[rec.indices], rec.actions[rec.indices]
-    n = len(rec.indices)
-    if any(lat.shape[0] != n for lat in latents):
-        raise RuntimeError(
-            f"{path}: the latent space returned {[lat.shape[0] for lat in latents]} frames for {n}"
-        )
-    for v, lat in enumerate(latents):  # latents first, annotations last: complete once all JSONs exist
-        _write_tensor(ep_dir / latent_relpath(v), lat)
-    for v, cam in enumerate(opt.cameras):
-        annotation = {
-            "texts": [rec.text],
-            "episode_id": ep,
-            "video_length": n,
-            "raw_length": rec.raw_length,
-            "states": states.tolist(),
-            "actions": actions.tolist(),
-            "view": v,
-            "camera": cam,
-            "latent_videos": [{"latent_video_path": latent_relpath(v)}],
-            "source": path.name,
-            "fps": rec.fps,
-        }
-        _write_json(ep_dir / annotation_relpath(v), annotation)
-    return _Episode(states, actions, n)
 
 
 def convert_recordings(

@@ -82,10 +82,9 @@ def build_world_model(cfg: CtrlWorldRunConfig) -> CtrlWorldModel:
 def load_pretrained(model: torch.nn.Module, path: str) -> None:
     """A Ctrl-World checkpoint (`checkpoint-N.pt`: a state dict of the whole upstream module, whose
     `unet.*` and `action_encoder.*` keys are ours) loaded with strict=False and reported."""
-    from worldtune.models.wan.checkpoints import load_into
+    from worldtune.utils.weights import load_partial
 
-    report = load_into(model, path, strict=False)
-    log.info("model.ckpt_path %s: %s", path, report.summary())
+    log.info("model.ckpt_path %s: %s", path, load_partial(model, path).summary())
 
 
 class CtrlWorldRecipe(Recipe):
