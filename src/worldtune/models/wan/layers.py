@@ -66,19 +66,13 @@ class SelfAttention(nn.Module):
         return self.o(attention(q, k, v, mask).type_as(x))
 
 
-class CrossAttention(nn.Module):
-    """Attention from video tokens to the text context (and, for i2v, to CLIP image tokens)."""
+class CrossAttention(SelfAttention):
+    """Attention from video tokens to the text context (and, for i2v, to CLIP image tokens); the
+    same q / k / v / o projections and q / k norms as self-attention, without RoPE."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6,
                  with_image: bool = False) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        super().__init__(dim, num_heads, qk_norm, eps)
         self.with_image = with_image
         if with_image:
             self.k_img = nn.Linear(dim, dim)
