@@ -60,12 +60,11 @@ def _peak_bytes(device, reset: bool = False) -> int:
         if reset:
             torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.max_memory_allocated(device)
+    from memory import peak_rss, reset_peak_rss  # benchmarks/memory.py
+
     if reset:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    with open("/proc/self/status") as handle:
-        line = next(line for line in handle if line.startswith("VmHWM"))
-    return int(line.split()[1]) * 1024
+        reset_peak_rss()
+    return peak_rss()
 
 
 def main() -> int:

@@ -39,7 +39,6 @@ import io
 import json
 import os
 import pstats
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from memory import peak_rss, reset_peak_rss  # benchmarks/memory.py
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -120,31 +120,11 @@ class TokenDataset(Dataset):
         return {"tokens": row[:-1], "targets": row[1:]}
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int:
-    """Peak resident set size in bytes: VmHWM (resettable), else getrusage's ru_maxrss."""
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
 def _memory_mark(device: torch.device) -> int:
     """High-water mark so far, in bytes (CUDA allocator peak, or the process's peak RSS)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return _peak_rss()
+    return peak_rss()
 
 
 class OverheadRecipe(Recipe):
@@ -197,7 +177,7 @@ def make_config(args: argparse.Namespace, output_dir: str, steps: int) -> Overhe
         },
         # Never inside the timed steps; the trainer still saves one final checkpoint after them.
         "checkpoint": {"every_steps": steps + 1, "keep_last": 1, "resume": "none"},
-        "validation": {"every_steps": 0, "at_epoch_end": False},
+        "validation": {"every_steps": 0},
         "log": {"tensorboard": False, "progress_bar": False},  # log_frequency keeps its default
         "dist": {"mixed_precision": args.precision},
         "model": {"vocab": args.vocab, "dim": args.dim, "layers": args.layers, "heads": args.heads,
@@ -399,8 +379,8 @@ def side_main(args: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
     else:
-        resettable = _reset_peak_rss()
-        baseline = _peak_rss()
+        resettable = reset_peak_rss()
+        baseline = peak_rss()
     result = RUNNERS[args.side](args, args.steps, probe_memory=True)
     figures = {"baseline": baseline, "steps_peak": result.memory[-1], "run_peak": result.memory_end,
                "resettable": resettable}

@@ -47,12 +47,10 @@ counted), per sample with L video tokens, Lc = text_len context rows, d = dim, n
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -61,6 +59,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from memory import peak_rss, reset_peak_rss  # benchmarks/memory.py
 from torch import nn
 
 from worldtune.models.wan.dit import WanModel
@@ -272,26 +271,6 @@ def parity(models: Models, batch: Batch, dtype: torch.dtype) -> tuple[str, dict[
 # ----------------------------------------------------------------------------- memory
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int:
-    """Peak resident set size in bytes: VmHWM (resettable), else getrusage's ru_maxrss."""
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
 def side_main(args: argparse.Namespace) -> None:
     """`--side`: one side, one variant, in this fresh process; prints one JSON line for the parent."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
@@ -310,10 +289,10 @@ def side_main(args: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
     else:
-        resettable = _reset_peak_rss()
-        baseline = _peak_rss()
+        resettable = reset_peak_rss()
+        baseline = peak_rss()
     times = [timed_step(args.side, model, batch) for _ in range(args.mem_steps)]
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
     print(RESULT_PREFIX + json.dumps({"baseline": baseline, "peak": peak, "resettable": resettable,
                                       "times": times}), flush=True)
 

@@ -87,7 +87,8 @@ class WanModel(nn.Module):
             raise ValueError(f"expected {self.config.in_dim} input channels, got {x.shape[1]}")
         x = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
         grid = tuple(x.shape[2:])
-        return x.flatten(2).transpose(1, 2), grid
+        # Contiguous tokens: otherwise every LayerNorm copies its (token-fastest) input, twice a step.
+        return x.flatten(2).transpose(1, 2).contiguous(), grid
 
     def embed_time(self, timestep: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Timesteps [B] or per token [B, L] -> (e [B, 1|L, dim], e0 [B, 1|L, 6, dim]), float32."""

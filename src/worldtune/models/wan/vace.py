@@ -57,7 +57,7 @@ class WanVaceModel(WanModel):
     def vace_hints(self, vace_context: torch.Tensor, tokens: torch.Tensor, inputs: BlockInputs) -> dict[int, torch.Tensor]:
         """Hint per main-block index from the control latents [B, vace_in_dim, F, H, W]."""
         c = self.vace_patch_embedding(vace_context.to(self.vace_patch_embedding.weight.dtype))
-        c = c.flatten(2).transpose(1, 2)
+        c = c.flatten(2).transpose(1, 2).contiguous()
         if c.shape[1] != tokens.shape[1]:
             raise ValueError(f"vace_context gives {c.shape[1]} tokens, the video {tokens.shape[1]}")
         hints = {}
