@@ -199,6 +199,43 @@ def test_edm_weighting_with_a_zero_network():
     torch.testing.assert_close(pc.c_skip + pc.c_out**2, torch.ones(2))  # EDM with sigma_data = 1
 
 
+@pytest.mark.parametrize("sigma_data", [1.0, 0.4])
+def test_edm_preconditioning_keeps_unit_variance_for_any_sigma_data(sigma_data):
+    """EDM's design: with data of std sigma_data, the UNet's input and its ideal output have unit variance."""
+    g = gen(4)
+    x0 = torch.randn(200_000, generator=g) * sigma_data
+    n = torch.randn(200_000, generator=g)
+    for sigma in (0.05, 0.5, 3.0, 80.0):
+        pc = Precond.at(torch.tensor(sigma), sigma_data)
+        x = x0 + sigma * n
+        ideal = (x0 - pc.c_skip * x) / pc.c_out  # the F that makes x0_hat exact
+        assert abs(float((pc.c_in * x).std()) - 1) < 0.01
+        assert abs(float(ideal.std()) - 1) < 0.01
+        torch.testing.assert_close(pc.c_skip * x + pc.c_out * ideal, x0, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(pc.weight, pc.c_out**-2)
+    assert float(Precond.at(torch.tensor(2.0), sigma_data).c_out) < 0  # SVD's sign
+
+
+def test_residual_model_denoises_the_change_from_the_current_frame():
+    """Residual models denoise `frames - current frame`: a clip that does not move scores like an all-zero
+    clip of the plain model, and samples are the plain model's plus the current frame."""
+    latents, actions = batch(b=2, h=16, w=16)
+    still = latents.clone()
+    still[:, H:] = latents[:, H : H + 1]
+    sigma = torch.tensor([0.3, 4.0])
+    losses, samples = {}, {}
+    for residual in (False, True):
+        model = make_model(cfg_drop=0.0, residual=residual).eval()
+        handle = _record_unet_calls(model, [], zero_output=True)
+        clip = still if residual else torch.zeros_like(still)
+        losses[residual] = model.training_loss(clip, actions, sigma=sigma, generator=gen())["loss_per_sample"]
+        samples[residual] = model.sample(latents[:, : H + 1], actions, num_inference_steps=4, generator=gen())
+        handle.remove()
+    torch.testing.assert_close(losses[True], losses[False])
+    current = latents[:, H : H + 1].expand(-1, F, -1, -1, -1)
+    torch.testing.assert_close(samples[True], current + samples[False])  # same noise, same trajectory
+
+
 def test_loss_covers_only_frames_after_the_history():
     """The network echoes its (noisy) input, so history frames produce outputs; they must not be scored."""
     model = make_model(cfg_drop=0.0)

@@ -29,7 +29,7 @@ def demo_config(out: Path, steps: int, image_size: int = 16, *, num_history: int
                 min_lr_ratio: float = 0.1, widths: tuple[int, ...] = (32, 64), cross_attention_dim: int = 32,
                 action_widths: tuple[int, ...] = (64, 64), num_inference_steps: int = 8,
                 guidance_scale: float = 1.5, cfg_drop: float = 0.05, action_key: str = "states",
-                factor: int = 2) -> dict[str, Any]:
+                factor: int = 2, model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The tiny Ctrl-World run of the demo (configs/ctrl_world/tiny.yaml with the demo's paths).
 
     Defaults were measured on 2 CPU cores: 16x16 views with space-to-depth x2 (12-channel 8x8 latents;
@@ -43,7 +43,8 @@ def demo_config(out: Path, steps: int, image_size: int = 16, *, num_history: int
                   "latent_channels": 3 * factor * factor, "action_dim": 7, "text_cond": False,
                   "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
                   "cfg_drop": cfg_drop, "tiny_block_out_channels": list(widths),
-                  "tiny_cross_attention_dim": cross_attention_dim, "tiny_action_widths": list(action_widths)},
+                  "tiny_cross_attention_dim": cross_attention_dim, "tiny_action_widths": list(action_widths),
+                  **(model_overrides or {})},
         "data": {"dataset_root": str(out / "sim_data"), "dataset_name": DEMO_DATASET,
                  "num_frames": num_frames,
                  "num_history": num_history, "views": list(range(views)), "action_key": action_key},
@@ -60,7 +61,7 @@ def demo_config(out: Path, steps: int, image_size: int = 16, *, num_history: int
 def run_demo(out: str | Path = "runs/demo", *, episodes: int = 24, steps: int = 300, image_size: int = 16,
              chunks: int = 2, eval_episodes: int = 4, fresh: bool = True, episode_steps: int = 40,
              cameras: tuple[str, ...] = tuple(DEMO_CAMERAS), num_objects: int | None = None,
-             **train_settings: Any) -> dict[str, Any]:
+             supersample: int = 1, **train_settings: Any) -> dict[str, Any]:
     """`train_settings` go to `demo_config` (num_history, num_frames, batch_size, learning_rate, ...)."""
     from worldtune.config import build_config
     from worldtune.data.ctrl_world_convert import convert_recordings
@@ -86,7 +87,7 @@ def run_demo(out: str | Path = "runs/demo", *, episodes: int = 24, steps: int = 
     num_history, num_frames = train_settings.get("num_history", 2), train_settings.get("num_frames", 3)
     factor = train_settings.get("factor", 2)
     generate_dataset(out / "raw", episodes, seed=0, image_size=image_size, num_steps=episode_steps,
-                     cameras=cameras, num_objects=num_objects)
+                     cameras=cameras, num_objects=num_objects, supersample=supersample)
     phase("simulation_s")
     convert_recordings(out / "raw", out / "sim_data", SpaceToDepthLatents(factor), dataset_name=DEMO_DATASET,
                        cameras=cameras, height=image_size, width=image_size, num_history=num_history,

@@ -47,10 +47,22 @@ class CtrlWorldModelConfig:
     cfg_drop: float = 0.05
     guidance_scale: float = 2.0
     num_inference_steps: int = 25
+    # EDM: training log-sigma ~ N(p_mean, p_std); the sampler's Karras schedule spans sigma_min..sigma_max;
+    # history frames get sigma ~ |N(0, history_noise)|, the condition frame sigma ~ U(0, cond_noise_max).
+    p_mean: float = 0.7
+    p_std: float = 1.6
+    sigma_min: float = 0.002
+    sigma_max: float = 700.0
+    sigma_data: float = 1.0
+    history_noise: float = 0.3
+    cond_noise_max: float = 0.2
+    # Denoise the change from the current frame (not upstream; for small models trained from scratch).
+    residual: bool = False
     # tiny size only: UNet widths, cross-attention width, action MLP widths.
     tiny_block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
     tiny_cross_attention_dim: int = 32
     tiny_action_widths: list[int] = field(default_factory=lambda: [64, 64])
+    tiny_num_attention_heads: int = 8
 
 
 @dataclass
@@ -63,11 +75,13 @@ def build_world_model(cfg: CtrlWorldRunConfig) -> CtrlWorldModel:
     m, d = cfg.model, cfg.data
     common = dict(num_history=d.num_history, num_frames=d.num_frames, frame_level=m.frame_level_cond,
                   his_cond_zero=m.his_cond_zero, motion_bucket_id=m.motion_bucket_id, fps=m.fps,
-                  cfg_drop=m.cfg_drop, latent_scale=0.18215 if m.latent_space == "svd" else 1.0)
+                  cfg_drop=m.cfg_drop, latent_scale=0.18215 if m.latent_space == "svd" else 1.0,
+                  p_mean=m.p_mean, p_std=m.p_std, sigma_min=m.sigma_min, sigma_max=m.sigma_max, sigma_data=m.sigma_data,
+                  history_noise=m.history_noise, cond_noise_max=m.cond_noise_max, residual=m.residual)
     text_dim = 512 if m.text_cond else None
     if m.size == "tiny":
         unet = {"block_out_channels": tuple(m.tiny_block_out_channels),
-                "cross_attention_dim": m.tiny_cross_attention_dim}
+                "cross_attention_dim": m.tiny_cross_attention_dim, "num_attention_heads": m.tiny_num_attention_heads}
         return CtrlWorldModel.tiny(latent_channels=m.latent_channels, action_dim=m.action_dim, text_dim=text_dim,
                                    action_widths=tuple(m.tiny_action_widths), unet_kwargs=unet, **common)
     if m.size != "svd":

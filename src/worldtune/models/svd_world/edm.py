@@ -10,29 +10,36 @@ import torch
 
 @dataclass
 class Precond:
-    """EDM (Karras et al. 2022) coefficients at `sigma` (sigma_data = 1), SVD's v-prediction sign.
+    """EDM (Karras et al. 2022) coefficients at `sigma`, SVD's v-prediction sign.
 
     `x0_hat = c_skip * x + c_out * F(c_in * x, c_noise)` with `x = x0 + sigma * n`. `c_out` is NEGATIVE
-    (`-sigma / sqrt(sigma^2 + 1)`), so the UNet's regression target is `(n - sigma * x0) / sqrt(sigma^2 + 1)`:
-    SVD's sign, and what diffusers' `EulerDiscreteScheduler(prediction_type="v_prediction",
-    timestep_type="continuous")` assumes (`timestep = log(sigma) / 4`). Training and sampling both use this.
+    (`-sigma * sigma_data / sqrt(sigma^2 + sigma_data^2)`), so with SVD's `sigma_data = 1` the UNet's
+    regression target is `(n - sigma * x0) / sqrt(sigma^2 + 1)`: SVD's sign, and what diffusers'
+    `EulerDiscreteScheduler(prediction_type="v_prediction", timestep_type="continuous")` assumes
+    (`timestep = log(sigma) / 4`). Training and sampling both use this.
+
+    `sigma_data` is the data's standard deviation, which EDM's preconditioning assumes: SVD's VAE latents
+    times its scaling factor have about 1; lossless pixel latents (about 0.4) or frame differences
+    (`residual`, about 0.2) need their own, or every error of the UNet's output is amplified.
     """
 
     c_in: torch.Tensor
     c_skip: torch.Tensor
     c_out: torch.Tensor
     c_noise: torch.Tensor
-    weight: torch.Tensor  # loss weight (sigma^2 + 1) / sigma^2 = 1 / c_out^2
+    weight: torch.Tensor  # loss weight 1 / c_out^2 ((sigma^2 + 1) / sigma^2 for sigma_data = 1)
 
     @classmethod
-    def at(cls, sigma: torch.Tensor) -> Precond:
-        s2 = sigma**2 + 1
+    def at(cls, sigma: torch.Tensor, sigma_data: float = 1.0) -> Precond:
+        d2 = sigma_data**2
+        s2 = sigma**2 + d2
+        c_out = -sigma * sigma_data * s2.rsqrt()
         return cls(
             c_in=s2.rsqrt(),
-            c_skip=1 / s2,
-            c_out=-sigma * s2.rsqrt(),
+            c_skip=d2 / s2,
+            c_out=c_out,
             c_noise=sigma.log() / 4,
-            weight=s2 / sigma**2,
+            weight=c_out.pow(-2),
         )
 
 

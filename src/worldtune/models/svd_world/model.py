@@ -36,6 +36,11 @@ class CtrlWorldConfig:
     latent_scale: float = 1.0  # the condition latent is divided by this (SVD VAE latents: 0.18215)
     sigma_min: float = 0.002  # sampler's Karras schedule (SVD scheduler config)
     sigma_max: float = 700.0
+    sigma_data: float = 1.0  # the data's std that EDM's preconditioning assumes (see `Precond`)
+    # Denoise each predicted frame's change from the current frame instead of the frame itself (not
+    # upstream). Pretrained SVD already copies its conditioning frame; a UNet trained from scratch on a
+    # CPU learns that copy slowly and its colours drift, while "nothing moves" is its zero output here.
+    residual: bool = False
 
 
 class CtrlWorldModel(nn.Module):
@@ -173,7 +178,7 @@ class CtrlWorldModel(nn.Module):
         """EDM loss over frames `H .. H+F-1` (see the class docstring); `sigma [B]` fixes the noise level.
 
         Returns `loss` (scalar), `loss_per_sample [B]`, `mse` (unweighted, scalar), `sigma [B]`,
-        `weight [B]` = `(sigma^2 + 1) / sigma^2` and `dropped [B]` (samples whose context was zeroed;
+        `weight [B]` = `1 / c_out^2` (`(sigma^2 + 1) / sigma^2` for SVD's sigma_data = 1) and `dropped [B]` (samples whose context was zeroed;
         dropping happens in train mode only).
         """
         c = self.config
@@ -205,8 +210,10 @@ class CtrlWorldModel(nn.Module):
         if sigma is None:
             sigma = (randn((b,)) * c.p_std + c.p_mean).exp()
         sigma = sigma.to(dev, torch.float32).reshape(b)
-        pc = Precond.at(sigma.view(b, 1, 1, 1, 1))
+        pc = Precond.at(sigma.view(b, 1, 1, 1, 1), c.sigma_data)
         target = latents[:, h_n:]
+        if c.residual:
+            target = target - latents[:, h_n : h_n + 1]
         noisy = target + sigma.view(b, 1, 1, 1, 1) * randn(target.shape)
 
         # history: sigma_h ~ |N(0, history_noise)| per frame (upstream's randn * 0.3: only sigma_h^2 and
@@ -247,7 +254,7 @@ class CtrlWorldModel(nn.Module):
         `uncond + g * (cond - uncond)`; `None` runs the conditional model only.
         """
         b, h_n = x.shape[0], history.shape[1]
-        pc = Precond.at(sigma.float().reshape(()))
+        pc = Precond.at(sigma.float().reshape(()), self.config.sigma_data)
         inp = torch.cat([history, pc.c_in * x], dim=1)
         c_noise = pc.c_noise.expand(b)
         if guidance is None:
@@ -323,4 +330,4 @@ class CtrlWorldModel(nn.Module):
             if solver == "heun" and s_next > 0:
                 x_next = x + (s_next - s) * (d + slope(x_next, s_next)) / 2
             x = x_next
-        return x
+        return x + history_latents[:, h_n : h_n + 1] if c.residual else x
