@@ -258,3 +258,21 @@ def test_generate_dataset(tmp_path):
     assert not np.array_equal(episodes[0].qpos, episodes[1].qpos)
     again = generate_dataset(tmp_path / "again", 1, seed=5, num_steps=6, image_size=32, show_progress=False)
     np.testing.assert_array_equal(read_aloha_hdf5(again[0]).qpos, episodes[0].qpos)
+
+
+def test_gradient_table_colours_the_wrist_view_by_position():
+    """`table="gradient"`: the wrist view's mean colour follows the gripper across the table (red grows with
+    x far more than on the wood table); an unknown table is refused."""
+    def mean_red(table: str, x: float) -> float:
+        env = ToyEnv(0, image_size=16, cameras=("cam_left_wrist",), supersample=4, table=table)
+        pose = env.qpos.copy()
+        pose[0], pose[2] = x, 0.15
+        for _ in range(30):
+            env.step(pose)
+        return float(env.render()["cam_left_wrist"][..., 0].mean())
+
+    gradient = mean_red("gradient", 0.75) - mean_red("gradient", 0.25)
+    wood = mean_red("wood", 0.75) - mean_red("wood", 0.25)
+    assert gradient > 30 and gradient > 2 * wood
+    with pytest.raises(ValueError, match="table"):
+        ToyEnv(0, table="marble")

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from worldtune.data.toyenv_policy import ScriptedPolicy
-from worldtune.data.toyenv_render import CAMERA_NAMES, render_views
+from worldtune.data.toyenv_render import CAMERA_NAMES, TABLES, render_views
 from worldtune.data.toyenv_world import POSE_DIM, POSE_NAMES, ToyWorld
 from worldtune.train.logging import progress
 from worldtune.utils.atomic import atomic_path
@@ -118,7 +118,10 @@ class ToyEnv:
         image_size: int | tuple[int, int] = 64,
         cameras: Sequence[str] = DEFAULT_CAMERAS,
         supersample: int = 1,
+        table: str = "wood",
     ):
+        if table not in TABLES:
+            raise ValueError(f"table must be one of {list(TABLES)}, got {table!r}")
         unknown = [c for c in cameras if c not in CAMERA_NAMES]
         if unknown or not cameras:
             raise ValueError(
@@ -129,6 +132,7 @@ class ToyEnv:
         self.image_size = _hw(image_size)
         self.cameras = tuple(cameras)
         self.supersample = int(supersample)
+        self.table = table
 
     @property
     def qpos(self) -> np.ndarray:
@@ -141,7 +145,7 @@ class ToyEnv:
     def render(self) -> dict[str, np.ndarray]:
         """Current uint8 `[H, W, 3]` frame of every camera."""
         h, w = self.image_size
-        return render_views(self.world, self.cameras, h, w, self.supersample)
+        return render_views(self.world, self.cameras, h, w, self.supersample, self.table)
 
     def copy(self) -> ToyEnv:
         """An independent copy of the current state (e.g. to try two actions from one state)."""
@@ -161,17 +165,25 @@ def simulate_episode(
     num_objects: int | None = None,
     pick_prob: float = 0.6,
     supersample: int = 1,
+    table: str = "wood",
     fps: float = DEFAULT_FPS,
 ) -> Episode:
     """Run the scripted policy for `num_steps` steps; identical arguments give identical arrays.
 
     `seed` is an int or a sequence of ints (e.g. `(dataset_seed, index)`); `num_objects` is 2 or 3
-    at random when None; `pick_prob` is the share of pick-and-place episodes (the rest wander).
+    at random when None; `pick_prob` is the share of pick-and-place episodes (the rest wander);
+    `supersample` renders at that many times the size and averages down (anti-aliasing); `table` is
+    "wood" or "gradient" (see `toyenv_render`).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     env = ToyEnv(
-        seed, num_objects=num_objects, image_size=image_size, cameras=cameras, supersample=supersample
+        seed,
+        num_objects=num_objects,
+        image_size=image_size,
+        cameras=cameras,
+        supersample=supersample,
+        table=table,
     )
     policy = ScriptedPolicy(env.world, env.rng, pick_prob=pick_prob)
     h, w = env.image_size

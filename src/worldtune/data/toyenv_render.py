@@ -4,7 +4,10 @@ Every solid is a set of planar faces (rectangles); a camera is a pinhole with pe
 directions. A face is drawn by intersecting the rays inside its projected bounding box with its
 plane, with a depth buffer for occlusion, Lambert-like shading per face normal and darker edges.
 The table plane (z = 0) is textured: an 8x8 checker with a colour gradient (red grows to the right,
-blue toward the far side), so that every camera motion is visible. Soft shadows, growing and
+blue toward the far side), so that every camera motion is visible. `table="gradient"` (the CPU
+demo's) lowers the checker's contrast and strengthens the gradient: at 16x16 pixels a checker that
+slides several pixels a frame is noise, while a colour that follows the gripper's position is a
+motion a tiny world model can learn to predict from the actions. Soft shadows, growing and
 fading with height, are painted on the table below the gripper and carried blocks.
 
 Cameras (the ALOHA names; the toy has a single arm):
@@ -160,12 +163,21 @@ def _ray_dirs(cam: Camera, h: int, w: int) -> np.ndarray:
     )
 
 
-def table_colors(px: np.ndarray, py: np.ndarray) -> np.ndarray:
-    """Colours `[..., 3]` (float, 0-255) of the table plane at points (px, py)."""
+TABLES = ("wood", "gradient")
+
+
+def table_colors(px: np.ndarray, py: np.ndarray, table: str = "wood") -> np.ndarray:
+    """Colours `[..., 3]` (float, 0-255) of the table plane at points (px, py) (see the module docstring)."""
     checker = (np.floor(px * 8) + np.floor(py * 8)) % 2
-    base = np.where(checker[..., None] > 0, np.array([176.0, 140, 98]), np.array([214.0, 188, 142]))
-    tint = np.stack([0.8 + 0.3 * px, np.full_like(px, 0.95), 0.75 + 0.4 * py], axis=-1)
-    color = base * tint
+    if table == "wood":
+        base = np.where(checker[..., None] > 0, np.array([176.0, 140, 98]), np.array([214.0, 188, 142]))
+        tint = np.stack([0.8 + 0.3 * px, np.full_like(px, 0.95), 0.75 + 0.4 * py], axis=-1)
+    elif table == "gradient":
+        base = np.where(checker[..., None] > 0, 178.0, 202.0) * np.ones(3)
+        tint = np.stack([0.45 + 0.9 * px, 0.7 + 0.3 * (1 - px) * (1 - py), 0.45 + 0.9 * py], axis=-1)
+    else:
+        raise ValueError(f"unknown table {table!r}; expected one of {list(TABLES)}")
+    color = np.clip(base * tint, 0, 255)
     on_table = (px >= 0) & (px <= 1) & (py >= 0) & (py <= 1)
     rim = on_table & ((np.minimum(px, 1 - px) < 0.012) | (np.minimum(py, 1 - py) < 0.012))
     color[rim] = (95, 62, 40)
@@ -174,7 +186,9 @@ def table_colors(px: np.ndarray, py: np.ndarray) -> np.ndarray:
     return np.where(on_table[..., None], color, floor)
 
 
-def _background(cam: Camera, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _background(
+    cam: Camera, dirs: np.ndarray, table: str = "wood"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Table / floor / wall image `[H, W, 3]`, depth `[H, W]` and table hit points px, py."""
     dz = dirs[2]
     hit = dz < -1e-9
@@ -183,15 +197,15 @@ def _background(cam: Camera, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     px = cam.origin[0] + tt * dirs[0]
     py = cam.origin[1] + tt * dirs[1]
     wall = np.array([150.0, 165, 190]) + 60 * np.clip(dz, 0, 1)[..., None]
-    img = np.where(hit[..., None], table_colors(px, py), wall)
+    img = np.where(hit[..., None], table_colors(px, py, table), wall)
     return img.astype(np.float32), t, np.where(hit, px, np.nan), np.where(hit, py, np.nan)
 
 
 @functools.lru_cache(maxsize=16)
-def _static_view(name: str, h: int, w: int) -> tuple[np.ndarray, ...]:
+def _static_view(name: str, h: int, w: int, table: str = "wood") -> tuple[np.ndarray, ...]:
     cam = FIXED_CAMERAS[name]
     dirs = _ray_dirs(cam, h, w)
-    arrays = (dirs, *_background(cam, dirs))
+    arrays = (dirs, *_background(cam, dirs, table))
     for array in arrays:
         array.flags.writeable = False
     return arrays
@@ -264,7 +278,12 @@ def _draw_shadows(img, cam, px, py, shadows) -> None:
 
 
 def render_views(
-    world: ToyWorld, cameras: tuple[str, ...] | list[str], height: int, width: int, supersample: int = 1
+    world: ToyWorld,
+    cameras: tuple[str, ...] | list[str],
+    height: int,
+    width: int,
+    supersample: int = 1,
+    table: str = "wood",
 ) -> dict[str, np.ndarray]:
     """Render `cameras` of `world`, each as uint8 RGB `[height, width, 3]`.
 
@@ -282,11 +301,11 @@ def render_views(
         if camera == WRIST_CAMERA:
             cam = wrist_camera(world)
             dirs = _ray_dirs(cam, h, w)
-            img, zbuf, px, py = _background(cam, dirs)
+            img, zbuf, px, py = _background(cam, dirs, table)
             faces = [f for f in faces if f.tag != "body"]  # the camera sits inside the palm
         elif camera in FIXED_CAMERAS:
             cam = FIXED_CAMERAS[camera]
-            dirs, img, zbuf, px, py = _static_view(camera, h, w)
+            dirs, img, zbuf, px, py = _static_view(camera, h, w, table)
             img, zbuf = img.copy(), zbuf.copy()
         else:
             raise ValueError(f"unknown camera {camera!r}; the toy world has {list(CAMERA_NAMES)}")
@@ -299,6 +318,8 @@ def render_views(
     return views
 
 
-def render_view(world: ToyWorld, camera: str, height: int, width: int, supersample: int = 1) -> np.ndarray:
+def render_view(
+    world: ToyWorld, camera: str, height: int, width: int, supersample: int = 1, table: str = "wood"
+) -> np.ndarray:
     """Render one camera of `world` as uint8 RGB `[height, width, 3]` (see `render_views`)."""
-    return render_views(world, (camera,), height, width, supersample)[camera]
+    return render_views(world, (camera,), height, width, supersample, table)[camera]
