@@ -121,3 +121,17 @@ def test_partial_loading_reports_and_fails_loudly(tmp_path):
     (tmp_path / "d.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"d\.pt: not a readable checkpoint"):
         load_partial(model, tmp_path / "d.pt")
+
+
+def test_config_reaches_the_model(tmp_path):
+    """The EDM and noise fields of `model:` and the tiny head count are the built model's, not its defaults."""
+    from worldtune.recipes.ctrl_world import build_world_model
+
+    edm = {"p_mean": -1.2, "p_std": 1.2, "sigma_min": 0.01, "sigma_max": 80.0, "sigma_data": 0.2,
+           "history_noise": 0.0, "cond_noise_max": 0.05, "residual": True}
+    cfg = load_config(TINY, [f"data.dataset_root={tmp_path}", "model.tiny_num_attention_heads=2",
+                             *(f"model.{k}={v}" for k, v in edm.items())])
+    model = build_world_model(cfg)
+    assert {k: getattr(model.config, k) for k in edm} == edm
+    heads = {m.heads for m in model.unet.modules() if type(m).__name__ == "Attention"}
+    assert heads == {2}

@@ -178,8 +178,9 @@ class CtrlWorldModel(nn.Module):
         """EDM loss over frames `H .. H+F-1` (see the class docstring); `sigma [B]` fixes the noise level.
 
         Returns `loss` (scalar), `loss_per_sample [B]`, `mse` (unweighted, scalar), `sigma [B]`,
-        `weight [B]` = `1 / c_out^2` (`(sigma^2 + 1) / sigma^2` for SVD's sigma_data = 1) and `dropped [B]` (samples whose context was zeroed;
-        dropping happens in train mode only).
+        `weight [B]` = `1 / c_out^2` (`(sigma^2 + 1) / sigma^2` for SVD's sigma_data = 1) and `dropped [B]`
+        (samples whose context was zeroed; dropping happens in train mode only). With `residual` the
+        denoised target is each frame minus the current frame.
         """
         c = self.config
         h_n = c.num_history
@@ -291,7 +292,8 @@ class CtrlWorldModel(nn.Module):
         `noise` (unit variance, default drawn from `generator`) times `sigma_max`.
         Guidance per predicted frame is `linspace(min_guidance_scale, guidance_scale, F)` as upstream's
         pipeline (1.0 -> 2.0 with its config); `min_guidance_scale=None` means constant `guidance_scale`.
-        All-ones guidance runs the conditional model only. The time ids use `config.noise_aug_strength`
+        All-ones guidance runs the conditional model only. With `residual` the denoised changes are added
+        back to the current frame. The time ids use `config.noise_aug_strength`
         as in training (upstream's pipeline call leaves its default 0.02 here although it trains with 0.0).
         """
         if solver not in ("euler", "heun"):
