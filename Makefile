@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with Python 3.11, pip and make:
-#   make demo   install, then run the main job
+#   make demo   install, then run `worldtune demo` (simulate a robot, train a tiny world model, evaluate)
 #   make test   install, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	PYTHONPATH=examples $(BIN)/python examples/demo.py
+	$(BIN)/worldtune demo --out runs/demo
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""`make demo` until the built-in `worldtune demo` lands: train the example recipe end to end.
+"""Train the example recipe end to end: `PYTHONPATH=examples python examples/demo.py`.
 
 Trains examples/custom_recipe.py through two stages (head only, then everything) with
 checkpoints, validation videos and EMA, exports the weights, and prints where everything went.

@@ -84,10 +84,34 @@ def test_train_kill_resume_rollout_and_evaluate(dataset, tmp_path):
 
     from worldtune.recipes.ctrl_world_tools import evaluate
 
-    report = evaluate(run, split="val", chunks=2)
+    report = evaluate(run, split="val", chunks=2, starts=3)
     assert report["episodes"] >= 1 and len(report["model"]["per_view"]) == 2
+    assert report["rollouts"] == 3 * report["episodes"]  # 16-frame episodes: starts 2, 6 or 7, 11
     for name in ("model", "repeat_last_frame", "other_actions"):
         assert 0 < report[name]["psnr"] < 100 and -1 <= report[name]["ssim"] <= 1
+
+
+def test_rollout_starts_spread_over_the_episode(dataset):
+    from worldtune.recipes.ctrl_world_tools import rollout_starts
+
+    cfg = load_config(TINY, [f"data.dataset_root={dataset}"])  # 2 history frames, 3 frames a chunk
+    assert rollout_starts(cfg, 20, chunks=2, count=1) == [2]
+    assert rollout_starts(cfg, 20, chunks=2, count=4) == [2, 6, 11, 15]  # the last leaves 2 x 2 frames
+    assert rollout_starts(cfg, 6, chunks=2, count=4) == []
+
+
+def test_rollouts_use_the_ema_weights_of_a_run_that_kept_them(dataset, tmp_path):
+    from worldtune.recipes.ctrl_world_tools import load_run
+    from worldtune.train.export import find_checkpoint, load_weights
+
+    run = tmp_path / "run"
+    Trainer(load_config(TINY, overrides(dataset, run, "train.max_steps=2", "train.ema_decay=0.5"))).fit()
+    path = find_checkpoint(run)
+    key = "unet.conv_in.weight"
+    ema, trained = load_weights(path, "ema")[key], load_weights(path)[key]
+    assert not torch.equal(ema, trained)
+    assert torch.equal(load_run(run)[1].state_dict()[key], ema)
+    assert torch.equal(load_run(run, ema=False)[1].state_dict()[key], trained)
 
 
 def test_pretrained_checkpoint_loads_with_a_report(dataset, tmp_path):
@@ -128,10 +152,11 @@ def test_config_reaches_the_model(tmp_path):
     from worldtune.recipes.ctrl_world import build_world_model
 
     edm = {"p_mean": -1.2, "p_std": 1.2, "sigma_min": 0.01, "sigma_max": 80.0, "sigma_data": 0.2,
-           "history_noise": 0.0, "cond_noise_max": 0.05, "residual": True}
+           "history_noise": 0.0, "cond_noise_max": 0.05, "residual": True, "relative_action_scale": 8.0}
     cfg = load_config(TINY, [f"data.dataset_root={tmp_path}", "model.tiny_num_attention_heads=2",
-                             *(f"model.{k}={v}" for k, v in edm.items())])
+                             "model.relative_action_dims=[0,1,2]", *(f"model.{k}={v}" for k, v in edm.items())])
     model = build_world_model(cfg)
     assert {k: getattr(model.config, k) for k in edm} == edm
+    assert model.config.relative_action_dims == (0, 1, 2)
     heads = {m.heads for m in model.unet.modules() if type(m).__name__ == "Attention"}
     assert heads == {2}

@@ -236,6 +236,23 @@ def test_residual_model_denoises_the_change_from_the_current_frame():
     torch.testing.assert_close(samples[True], current + samples[False])  # same noise, same trajectory
 
 
+def test_relative_action_dims_encode_the_change_from_the_current_frame():
+    """Chosen dimensions reach the encoder as `(a_t - a_current) * scale`, the rest unchanged; a model with
+    relative pose dims gives the same context for the same motion from two different poses."""
+    _, actions = batch()
+    model = make_model(relative_action_dims=(0, 2), relative_action_scale=4.0)
+    out = model.relative_actions(actions)
+    torch.testing.assert_close(out[..., [0, 2]], (actions[..., [0, 2]] - actions[:, H : H + 1, [0, 2]]) * 4.0)
+    torch.testing.assert_close(out[..., [1, 3, 4, 5, 6]], actions[..., [1, 3, 4, 5, 6]])
+    assert torch.equal(out[:, H, [0, 2]], torch.zeros(2, 2))
+    shifted = actions.clone()
+    shifted[..., [0, 2]] += 0.5
+    torch.testing.assert_close(model.encode_context(shifted), model.encode_context(actions))
+    assert make_model().relative_actions(actions) is actions  # upstream: absolute
+    with pytest.raises(ValueError, match=r"relative_action_dims \[7\]"):
+        make_model(relative_action_dims=(7,))
+
+
 def test_loss_covers_only_frames_after_the_history():
     """The network echoes its (noisy) input, so history frames produce outputs; they must not be scored."""
     model = make_model(cfg_drop=0.0)

@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(commands)
     demo = commands.add_parser("demo", help="simulate a robot, convert, train a tiny Ctrl-World, evaluate (CPU)")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--episodes", type=int, default=24)
-    demo.add_argument("--steps", type=int, default=300, help="training steps")
+    demo.add_argument("--episodes", type=int, default=None, help="simulated episodes (default 48)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default 650)")
     demo.set_defaults(handler=_demo)
 
     inspect = commands.add_parser("inspect", help="print the resolved config, parameter counts, data sizes")
@@ -137,6 +137,8 @@ def _add_eval(commands) -> None:
     world.add_argument("--split", default="val")
     world.add_argument("--chunks", type=int, default=2)
     world.add_argument("--episodes", type=int, help="at most this many episodes")
+    world.add_argument("--starts", type=int, default=1,
+                       help="rollouts per episode, from frames spread over it (1: the first full history)")
     world.add_argument("--no_baselines", action="store_true", help="skip the repeat-last-frame / other-actions baselines")
     world.set_defaults(handler=_eval_ctrl_world)
 
@@ -185,7 +187,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     from worldtune.demo import run_demo, summary
 
-    metrics = run_demo(args.out, episodes=args.episodes, steps=args.steps)
+    given = {"episodes": args.episodes, "steps": args.steps}
+    metrics = run_demo(args.out, **{k: v for k, v in given.items() if v is not None})
     print(summary(metrics, Path(args.out)))
     return 0
 
@@ -214,7 +217,7 @@ def _eval_ctrl_world(args: argparse.Namespace) -> int:
     from worldtune.recipes.ctrl_world_tools import evaluate
 
     report = evaluate(args.run_dir, split=args.split, chunks=args.chunks, max_episodes=args.episodes,
-                      baselines=not args.no_baselines)
+                      baselines=not args.no_baselines, starts=args.starts)
     print(json.dumps(report, indent=1))
     return 0
 

@@ -23,19 +23,30 @@ log = get_logger()
 DEMO_DATASET = "sim"
 DEMO_CAMERAS = ["cam_high", "cam_left_wrist"]
 
+# The demo's world model (configs/ctrl_world/tiny.yaml plus these `model:` keys), measured on 2 CPU
+# cores (docs/architecture.md, "Demo"): frame changes rather than frames (`residual`) with EDM scaled to
+# their spread (`sigma_data`), trained and sampled at noise levels where one Euler step gives the
+# conditional mean (`p_mean`, `sigma_max`), pose actions relative to the current frame (the gripper stays
+# absolute), clean history and condition frames, 16-wide attention heads.
+DEMO_MODEL: dict[str, Any] = {
+    "residual": True, "sigma_data": 0.2, "p_mean": 0.3, "p_std": 1.0, "sigma_max": 5.0,
+    "relative_action_dims": [0, 1, 2, 3, 4, 5], "relative_action_scale": 8.0,
+    "history_noise": 0.0, "cond_noise_max": 0.0, "tiny_num_attention_heads": 2,
+}
+
 
 def demo_config(out: Path, steps: int, image_size: int = 16, *, num_history: int = 2, num_frames: int = 3,
-                views: int = 2, batch_size: int = 8, learning_rate: float = 1e-2, warmup_steps: int = 20,
+                views: int = 2, batch_size: int = 16, learning_rate: float = 1e-2, warmup_steps: int = 20,
                 min_lr_ratio: float = 0.1, widths: tuple[int, ...] = (32, 64), cross_attention_dim: int = 32,
-                action_widths: tuple[int, ...] = (64, 64), num_inference_steps: int = 8,
-                guidance_scale: float = 1.5, cfg_drop: float = 0.05, action_key: str = "states",
-                factor: int = 2, model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                action_widths: tuple[int, ...] = (64, 64), num_inference_steps: int = 2,
+                guidance_scale: float = 1.0, cfg_drop: float = 0.05, action_key: str = "states",
+                factor: int = 2, ema_decay: float | None = None,
+                model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The tiny Ctrl-World run of the demo (configs/ctrl_world/tiny.yaml with the demo's paths).
 
-    Defaults were measured on 2 CPU cores: 16x16 views with space-to-depth x2 (12-channel 8x8 latents;
-    x4 gives 48 channels, more than the UNet's 32-wide first block, and learns much slower) and a high
-    learning rate (1e-2; 300 steps, 16 episodes: 15.6 / 17.5 / 18.4 dB at 1e-3 / 3e-3 / 6e-3; 24 episodes:
-    18.2 / 18.9 dB at 6e-3 / 1e-2).
+    Space-to-depth x2 of 16x16 views gives 12-channel 8x8 latents (x4's 48 channels are wider than
+    the UNet's 32-wide first block and learn much slower); 1e-2 is the highest learning rate that
+    stays stable; batch 16 beat batch 8 and 32 at equal compute.
     """
     return {
         "recipe": "ctrl_world", "output_dir": str(out / "run"), "seed": 0,
@@ -44,13 +55,13 @@ def demo_config(out: Path, steps: int, image_size: int = 16, *, num_history: int
                   "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
                   "cfg_drop": cfg_drop, "tiny_block_out_channels": list(widths),
                   "tiny_cross_attention_dim": cross_attention_dim, "tiny_action_widths": list(action_widths),
-                  **(model_overrides or {})},
+                  **DEMO_MODEL, **(model_overrides or {})},
         "data": {"dataset_root": str(out / "sim_data"), "dataset_name": DEMO_DATASET,
                  "num_frames": num_frames,
                  "num_history": num_history, "views": list(range(views)), "action_key": action_key},
         "train": {"max_steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
                   "warmup_steps": warmup_steps, "lr_scheduler": "cosine", "min_lr_ratio": min_lr_ratio,
-                  "weight_decay": 0.0, "max_grad_norm": 1.0},
+                  "weight_decay": 0.0, "max_grad_norm": 1.0, "ema_decay": ema_decay},
         "checkpoint": {"every_steps": 0, "keep_last": 1},
         "validation": {"every_steps": 0},
         "log": {"log_frequency": 50, "tensorboard": False, "progress_bar": True},
@@ -58,11 +69,19 @@ def demo_config(out: Path, steps: int, image_size: int = 16, *, num_history: int
     }
 
 
-def run_demo(out: str | Path = "runs/demo", *, episodes: int = 24, steps: int = 300, image_size: int = 16,
-             chunks: int = 2, eval_episodes: int = 4, fresh: bool = True, episode_steps: int = 40,
-             cameras: tuple[str, ...] = tuple(DEMO_CAMERAS), num_objects: int | None = None,
-             supersample: int = 1, **train_settings: Any) -> dict[str, Any]:
-    """`train_settings` go to `demo_config` (num_history, num_frames, batch_size, learning_rate, ...)."""
+def run_demo(out: str | Path = "runs/demo", *, episodes: int = 48, steps: int = 650, image_size: int = 16,
+             chunks: int = 3, eval_episodes: int = 8, eval_starts: int = 6, fresh: bool = True,
+             episode_steps: int = 120, fps_downsample: int = 3, cameras: tuple[str, ...] = tuple(DEMO_CAMERAS),
+             num_objects: int | None = None, supersample: int = 4, table: str = "gradient",
+             **train_settings: Any) -> dict[str, Any]:
+    """Simulate, convert, train, evaluate; returns (and writes) `metrics.json`'s content.
+
+    The simulator runs at 10 fps and the converter keeps every `fps_downsample`-th frame (a frame then
+    shows visible motion); frames are rendered `supersample` times larger and averaged down (a 16-pixel
+    checker would otherwise flicker). Rollouts of `chunks` chunks start at `eval_starts` frames spread over
+    each of `eval_episodes` held-out episodes. `train_settings` go to `demo_config` (num_history,
+    num_frames, batch_size, learning_rate, model_overrides, ...).
+    """
     from worldtune.config import build_config
     from worldtune.data.ctrl_world_convert import convert_recordings
     from worldtune.data.toyenv import generate_dataset
@@ -87,17 +106,17 @@ def run_demo(out: str | Path = "runs/demo", *, episodes: int = 24, steps: int = 
     num_history, num_frames = train_settings.get("num_history", 2), train_settings.get("num_frames", 3)
     factor = train_settings.get("factor", 2)
     generate_dataset(out / "raw", episodes, seed=0, image_size=image_size, num_steps=episode_steps,
-                     cameras=cameras, num_objects=num_objects, supersample=supersample)
+                     cameras=cameras, num_objects=num_objects, supersample=supersample, table=table)
     phase("simulation_s")
     convert_recordings(out / "raw", out / "sim_data", SpaceToDepthLatents(factor), dataset_name=DEMO_DATASET,
                        cameras=cameras, height=image_size, width=image_size, num_history=num_history,
-                       num_frames=num_frames, val_ratio=0.2, seed=0)
+                       num_frames=num_frames, val_ratio=0.2, seed=0, fps_downsample=fps_downsample)
     phase("conversion_s")
     run_config = demo_config(out, steps, image_size, views=len(cameras), **train_settings)
     cfg = build_config(CtrlWorldRunConfig, run_config, source="worldtune demo")
     Trainer(cfg).fit()
     phase("training_s")
-    report = evaluate(out / "run", split="val", chunks=chunks, max_episodes=eval_episodes)
+    report = evaluate(out / "run", split="val", chunks=chunks, max_episodes=eval_episodes, starts=eval_starts)
     _write_example(out, cfg, chunks)
     phase("evaluation_s")
     metrics = {**report, "episodes_evaluated": report.pop("episodes"), "episodes_simulated": episodes,
@@ -109,19 +128,28 @@ def run_demo(out: str | Path = "runs/demo", *, episodes: int = 24, steps: int = 
 
 def _write_example(out: Path, cfg, chunks: int) -> None:
     from worldtune.data.formats.ctrl_world import load_episode
-    from worldtune.recipes.ctrl_world_tools import load_run, rollout, split_episode_ids, write_rollout_video
+    from worldtune.recipes.ctrl_world_tools import (
+        load_run,
+        rollout,
+        rollout_starts,
+        split_episode_ids,
+        write_rollout_video,
+    )
 
     cfg, model = load_run(out / "run")
     episode_id = split_episode_ids(cfg, "val")[0]
     episode = load_episode(cfg.data.dataset_root, episode_id, cfg.data.views, cfg.data.layout, split="val")
-    write_rollout_video(out / "rollout.mp4", cfg, rollout(model, cfg, episode, chunks), fps=5)
+    starts = rollout_starts(cfg, len(episode.latents), chunks, 3)  # from mid-episode: the robot is moving
+    run = rollout(model, cfg, episode, chunks, start=starts[len(starts) // 2])
+    write_rollout_video(out / "rollout.mp4", cfg, run, fps=4)
 
 
 def summary(metrics: dict[str, Any], out: Path) -> str:
     model, still, other = metrics["model"], metrics["repeat_last_frame"], metrics["other_actions"]
     lines = [
         "worldtune demo: an action-conditioned world model of a simulated robot, trained on this CPU",
-        f"  rollouts on {metrics['episodes_evaluated']} held-out episodes, {metrics['chunks']} chunks each:",
+        f"  {metrics['rollouts']} rollouts on {metrics['episodes_evaluated']} held-out episodes, "
+        f"{metrics['chunks']} chunks each ({metrics['rollout_s_per_chunk']:.2f} s a chunk):",
         f"    world model, true actions      PSNR {model['psnr']:6.2f} dB  SSIM {model['ssim']:.3f}",
         f"    repeat the last frame          PSNR {still['psnr']:6.2f} dB  SSIM {still['ssim']:.3f}",
         f"    world model, other episode's   PSNR {other['psnr']:6.2f} dB  SSIM {other['ssim']:.3f}",

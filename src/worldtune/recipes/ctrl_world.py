@@ -58,6 +58,10 @@ class CtrlWorldModelConfig:
     cond_noise_max: float = 0.2
     # Denoise the change from the current frame (not upstream; for small models trained from scratch).
     residual: bool = False
+    # Action dimensions encoded as their change from the current frame, times relative_action_scale (not
+    # upstream; [] = absolute poses as upstream). The demo uses [0..5] (pose) and keeps the gripper absolute.
+    relative_action_dims: list[int] = field(default_factory=list)
+    relative_action_scale: float = 1.0
     # tiny size only: UNet widths, cross-attention width, action MLP widths.
     tiny_block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
     tiny_cross_attention_dim: int = 32
@@ -77,7 +81,8 @@ def build_world_model(cfg: CtrlWorldRunConfig) -> CtrlWorldModel:
                   his_cond_zero=m.his_cond_zero, motion_bucket_id=m.motion_bucket_id, fps=m.fps,
                   cfg_drop=m.cfg_drop, latent_scale=0.18215 if m.latent_space == "svd" else 1.0,
                   p_mean=m.p_mean, p_std=m.p_std, sigma_min=m.sigma_min, sigma_max=m.sigma_max, sigma_data=m.sigma_data,
-                  history_noise=m.history_noise, cond_noise_max=m.cond_noise_max, residual=m.residual)
+                  history_noise=m.history_noise, cond_noise_max=m.cond_noise_max, residual=m.residual,
+                  relative_action_dims=tuple(m.relative_action_dims), relative_action_scale=m.relative_action_scale)
     text_dim = 512 if m.text_cond else None
     if m.size == "tiny":
         unet = {"block_out_channels": tuple(m.tiny_block_out_channels),

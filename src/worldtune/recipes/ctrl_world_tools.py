@@ -8,6 +8,7 @@ actions, then slides forward, as in upstream's interactive rollouts.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,17 @@ from worldtune.recipes.ctrl_world import CtrlWorldRunConfig, build_world_model, 
 from worldtune.train.export import find_checkpoint, load_weights
 
 
-def load_run(run_dir: str | Path) -> tuple[CtrlWorldRunConfig, torch.nn.Module]:
-    """A trained world model from a run directory (its config and newest complete checkpoint)."""
+def load_run(run_dir: str | Path, ema: bool | None = None) -> tuple[CtrlWorldRunConfig, torch.nn.Module]:
+    """A trained world model from a run directory (its config and newest complete checkpoint).
+
+    `ema` (default: whether the run kept one, `train.ema_decay`) puts the EMA weights over the trained ones.
+    """
     cfg = build_config(CtrlWorldRunConfig, read_yaml(Path(run_dir) / "config.yaml"), source=str(run_dir))
     model = build_world_model(cfg)
-    model.load_state_dict(load_weights(find_checkpoint(run_dir)))
+    path = find_checkpoint(run_dir)
+    model.load_state_dict(load_weights(path))
+    if cfg.train.ema_decay if ema is None else ema:
+        model.load_state_dict(load_weights(path, "ema"), strict=False)
     return cfg, model.eval()
 
 
@@ -57,16 +64,19 @@ def episode_actions(cfg: CtrlWorldRunConfig, episode: CtrlWorldEpisode,
 @torch.no_grad()
 def rollout(model, cfg: CtrlWorldRunConfig, episode: CtrlWorldEpisode, chunks: int,
             actions: torch.Tensor | None = None, text_emb: torch.Tensor | None = None,
-            seed: int = 0) -> Rollout:
-    """`chunks` autoregressive chunks from the first frame with a full history."""
+            seed: int = 0, start: int | None = None) -> Rollout:
+    """`chunks` autoregressive chunks from real frame `start` (default: the first with a full history)."""
     d = cfg.data
     actions = actions if actions is not None else episode_actions(cfg, episode)
-    start = d.num_history * d.history_stride
+    first = d.num_history * d.history_stride
+    start = first if start is None else start
+    if start < first:
+        raise ValueError(f"episode {episode.episode_id}: start {start} has no full history (first is {first})")
     new_per_chunk = (d.num_frames - 1) * d.frame_stride
     total = len(episode.latents)
     if start + chunks * new_per_chunk >= total or len(actions) < total:
         raise ValueError(f"episode {episode.episode_id}: {total} frames are too few for {chunks} chunks "
-                         f"after {start + 1} history frames")
+                         f"from frame {start}")
     frames = list(episode.latents[: start + 1].float())
     generator = torch.Generator().manual_seed(seed)
     for chunk in range(chunks):
@@ -124,33 +134,61 @@ def view_metrics(prediction: torch.Tensor, target: torch.Tensor, views: int) -> 
     return rows
 
 
+def rollout_starts(cfg: CtrlWorldRunConfig, length: int, chunks: int, count: int) -> list[int]:
+    """Up to `count` evenly spaced real start frames of an episode of `length` frames for `chunks` chunks."""
+    d = cfg.data
+    first = d.num_history * d.history_stride
+    last = length - 1 - chunks * (d.num_frames - 1) * d.frame_stride
+    if last < first:
+        return []
+    return sorted({int(round(x)) for x in np.linspace(first, last, max(1, count))})
+
+
 def evaluate(run_dir: str | Path, *, split: str = "val", chunks: int = 2, max_episodes: int | None = None,
-             baselines: bool = True, seed: int = 0) -> dict[str, Any]:
+             baselines: bool = True, seed: int = 0, starts: int = 1) -> dict[str, Any]:
     """Rollout PSNR / SSIM per view on a split's episodes; with `baselines`, also for repeating the
-    last real frame and for the same model driven by another episode's actions."""
+    last real frame and for the same model driven by another episode's actions.
+
+    `starts` rollouts per episode begin at evenly spaced frames (1: only at the first frame with a full
+    history; the start of a recording is often the robot at rest, where repeating a frame is hard to beat).
+    """
     cfg, model = load_run(run_dir)
-    space = latent_space(cfg)
     episodes = [load_episode(cfg.data.dataset_root, e, cfg.data.views, cfg.data.layout, split=split)
                 for e in split_episode_ids(cfg, split)[:max_episodes]]
     if not episodes:
         raise ValueError(f"{cfg.data.dataset_root}: no {split} episodes to evaluate")
-    results: dict[str, list] = {"model": [], "repeat_last_frame": [], "other_actions": []}
+    results: dict[str, list] = {"model": [], "repeat_last_frame": [], "other_actions": [], "rollout_s": []}
     for index, episode in enumerate(episodes):
-        run = rollout(model, cfg, episode, chunks, seed=seed)
-        target = decode_video(space, run.target[None])[0]
-        results["model"].append(view_metrics(decode_video(space, run.prediction[None])[0], target, len(cfg.data.views)))
-        if not baselines:
-            continue
-        still = episode.latents[run.start].float().expand_as(run.target)
-        results["repeat_last_frame"].append(view_metrics(decode_video(space, still[None])[0], target,
-                                                         len(cfg.data.views)))
         other = episodes[(index + 1) % len(episodes)] if len(episodes) > 1 else episode
         swapped = _resized(episode_actions(cfg, other), len(episode.latents))
-        run_other = rollout(model, cfg, episode, chunks, actions=swapped, seed=seed)
-        results["other_actions"].append(view_metrics(decode_video(space, run_other.prediction[None])[0], target,
-                                                      len(cfg.data.views)))
-    return {"split": split, "episodes": len(episodes), "chunks": chunks,
+        for start in rollout_starts(cfg, len(episode.latents), chunks, starts):
+            _score_rollout(results, model, cfg, episode, chunks, start, swapped if baselines else None, seed)
+    if not results["model"]:
+        raise ValueError(f"{cfg.data.dataset_root}: no {split} episode is long enough for {chunks} chunks")
+    timing = results.pop("rollout_s")
+    return {"split": split, "episodes": len(episodes), "chunks": chunks, "rollouts": len(results["model"]),
+            "rollout_s_per_chunk": round(float(np.sum(timing)) / (len(timing) * chunks), 4),
             **{name: _average(rows) for name, rows in results.items() if rows}}
+
+
+def _score_rollout(results: dict[str, list], model, cfg: CtrlWorldRunConfig, episode: CtrlWorldEpisode,
+                   chunks: int, start: int, other_actions: torch.Tensor | None, seed: int) -> None:
+    """Append one rollout's per-view metrics (and, given `other_actions`, the two baselines') and its time."""
+    space, views = latent_space(cfg), len(cfg.data.views)
+    clock = time.perf_counter()
+    run = rollout(model, cfg, episode, chunks, seed=seed, start=start)
+    results["rollout_s"].append(time.perf_counter() - clock)
+    target = decode_video(space, run.target[None])[0]
+
+    def score(latents: torch.Tensor) -> list[dict[str, float]]:
+        return view_metrics(decode_video(space, latents[None])[0], target, views)
+
+    results["model"].append(score(run.prediction))
+    if other_actions is None:
+        return
+    results["repeat_last_frame"].append(score(episode.latents[start].float().expand_as(run.target)))
+    swapped = rollout(model, cfg, episode, chunks, actions=other_actions, seed=seed, start=start)
+    results["other_actions"].append(score(swapped.prediction))
 
 
 def split_episode_ids(cfg: CtrlWorldRunConfig, split: str) -> list[Any]:

@@ -41,6 +41,12 @@ class CtrlWorldConfig:
     # upstream). Pretrained SVD already copies its conditioning frame; a UNet trained from scratch on a
     # CPU learns that copy slowly and its colours drift, while "nothing moves" is its zero output here.
     residual: bool = False
+    # Action dimensions given to the encoder as their change from the current frame's value, times
+    # `relative_action_scale` (not upstream, which encodes absolute poses; empty = absolute). One frame of
+    # robot motion moves a normalised pose by a few hundredths: a small model trained from scratch cannot
+    # resolve that in absolute poses, while the motion itself is what decides the next frames.
+    relative_action_dims: tuple[int, ...] = ()
+    relative_action_scale: float = 1.0
 
 
 class CtrlWorldModel(nn.Module):
@@ -72,6 +78,9 @@ class CtrlWorldModel(nn.Module):
                 f"UNet add_embedding expects {unet.add_embedding.linear_1.in_features} inputs, "
                 f"3 time ids give {ids_dim}: set projection_class_embeddings_input_dim = 3 * addition_time_embed_dim"
             )
+        bad = [d for d in self.config.relative_action_dims if not 0 <= d < action_encoder.action_dim]
+        if bad:
+            raise ValueError(f"relative_action_dims {bad} are outside the {action_encoder.action_dim} action dimensions")
         if unet.config.in_channels != 2 * unet.config.out_channels:
             raise ValueError("the UNet's in_channels must be 2 * out_channels (noisy latent + condition)")
 
@@ -126,8 +135,20 @@ class CtrlWorldModel(nn.Module):
     # ------------------------------------------------------------------------------- building blocks
 
     def encode_context(self, actions: torch.Tensor, text_emb: torch.Tensor | None = None) -> torch.Tensor:
-        """`actions [B, T, A]` (+ `text_emb [B, text_dim]`) -> cross-attention context `[B, T, D]`."""
-        return self.action_encoder(actions, text_emb)
+        """`actions [B, T, A]` (+ `text_emb [B, text_dim]`) -> cross-attention context `[B, T, D]`.
+
+        Frame `num_history` is the current one (see `relative_action_dims`)."""
+        return self.action_encoder(self.relative_actions(actions), text_emb)
+
+    def relative_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Replace `relative_action_dims` by `(a_t - a_current) * relative_action_scale` (a no-op when empty)."""
+        dims = list(self.config.relative_action_dims)
+        if not dims:
+            return actions
+        h_n = self.config.num_history
+        out = actions.clone()
+        out[..., dims] = (actions[..., dims] - actions[:, h_n : h_n + 1, dims]) * self.config.relative_action_scale
+        return out
 
     def drop_context(
         self, context: torch.Tensor, generator: torch.Generator | None = None
