@@ -35,7 +35,7 @@ DEMO_MODEL: dict[str, Any] = {
 }
 
 
-def demo_config(out: Path, steps: int, image_size: int = 16, *, num_history: int = 2, num_frames: int = 3,
+def demo_config(out: Path, steps: int, image_size: int = 16, *, num_history: int = 1, num_frames: int = 3,
                 views: int = 2, batch_size: int = 16, learning_rate: float = 1e-2, warmup_steps: int = 20,
                 min_lr_ratio: float = 0.1, widths: tuple[int, ...] = (32, 64), cross_attention_dim: int = 32,
                 action_widths: tuple[int, ...] = (64, 64), num_inference_steps: int = 2,
@@ -46,7 +46,8 @@ def demo_config(out: Path, steps: int, image_size: int = 16, *, num_history: int
 
     Space-to-depth x2 of 16x16 views gives 12-channel 8x8 latents (x4's 48 channels are wider than
     the UNet's 32-wide first block and learn much slower); 1e-2 is the highest learning rate that
-    stays stable; batch 16 beat batch 8 and 32 at equal compute.
+    stays stable; batch 16 beat batch 8 and 32 at equal compute; one history frame (upstream: 6) makes a
+    step 20% cheaper, and 800 such steps beat 650 with two.
     """
     return {
         "recipe": "ctrl_world", "output_dir": str(out / "run"), "seed": 0,
@@ -69,7 +70,7 @@ def demo_config(out: Path, steps: int, image_size: int = 16, *, num_history: int
     }
 
 
-def run_demo(out: str | Path = "runs/demo", *, episodes: int = 48, steps: int = 650, image_size: int = 16,
+def run_demo(out: str | Path = "runs/demo", *, episodes: int = 48, steps: int = 800, image_size: int = 16,
              chunks: int = 3, eval_episodes: int = 8, eval_starts: int = 6, fresh: bool = True,
              episode_steps: int = 120, fps_downsample: int = 3, cameras: tuple[str, ...] = tuple(DEMO_CAMERAS),
              num_objects: int | None = None, supersample: int = 4, table: str = "gradient",
@@ -103,7 +104,7 @@ def run_demo(out: str | Path = "runs/demo", *, episodes: int = 48, steps: int = 
         clock = now
 
     cameras = list(cameras)
-    num_history, num_frames = train_settings.get("num_history", 2), train_settings.get("num_frames", 3)
+    num_history, num_frames = train_settings.get("num_history", 1), train_settings.get("num_frames", 3)
     factor = train_settings.get("factor", 2)
     generate_dataset(out / "raw", episodes, seed=0, image_size=image_size, num_steps=episode_steps,
                      cameras=cameras, num_objects=num_objects, supersample=supersample, table=table)
