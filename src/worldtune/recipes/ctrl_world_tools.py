@@ -68,11 +68,11 @@ def rollout(model, cfg: CtrlWorldRunConfig, episode: CtrlWorldEpisode, chunks: i
     """`chunks` autoregressive chunks from real frame `start` (default: the first with a full history)."""
     d = cfg.data
     actions = actions if actions is not None else episode_actions(cfg, episode)
-    first = d.num_history * d.history_stride
+    first = _first_start(cfg)
     start = first if start is None else start
     if start < first:
         raise ValueError(f"episode {episode.episode_id}: start {start} has no full history (first is {first})")
-    new_per_chunk = (d.num_frames - 1) * d.frame_stride
+    new_per_chunk = _new_frames_per_chunk(cfg)
     total = len(episode.latents)
     if start + chunks * new_per_chunk >= total or len(actions) < total:
         raise ValueError(f"episode {episode.episode_id}: {total} frames are too few for {chunks} chunks "
@@ -134,11 +134,19 @@ def view_metrics(prediction: torch.Tensor, target: torch.Tensor, views: int) -> 
     return rows
 
 
+def _first_start(cfg: CtrlWorldRunConfig) -> int:
+    """The first real frame with a full history in front of it."""
+    return cfg.data.num_history * cfg.data.history_stride
+
+
+def _new_frames_per_chunk(cfg: CtrlWorldRunConfig) -> int:
+    return (cfg.data.num_frames - 1) * cfg.data.frame_stride
+
+
 def rollout_starts(cfg: CtrlWorldRunConfig, length: int, chunks: int, count: int) -> list[int]:
     """Up to `count` evenly spaced real start frames of an episode of `length` frames for `chunks` chunks."""
-    d = cfg.data
-    first = d.num_history * d.history_stride
-    last = length - 1 - chunks * (d.num_frames - 1) * d.frame_stride
+    first = _first_start(cfg)
+    last = length - 1 - chunks * _new_frames_per_chunk(cfg)
     if last < first:
         return []
     return sorted({int(round(x)) for x in np.linspace(first, last, max(1, count))})
@@ -157,27 +165,29 @@ def evaluate(run_dir: str | Path, *, split: str = "val", chunks: int = 2, max_ep
                 for e in split_episode_ids(cfg, split)[:max_episodes]]
     if not episodes:
         raise ValueError(f"{cfg.data.dataset_root}: no {split} episodes to evaluate")
-    results: dict[str, list] = {"model": [], "repeat_last_frame": [], "other_actions": [], "rollout_s": []}
+    space = latent_space(cfg)
+    results: dict[str, list] = {"model": [], "repeat_last_frame": [], "other_actions": []}
+    timing: list[float] = []
     for index, episode in enumerate(episodes):
         other = episodes[(index + 1) % len(episodes)] if len(episodes) > 1 else episode
         swapped = _resized(episode_actions(cfg, other), len(episode.latents))
         for start in rollout_starts(cfg, len(episode.latents), chunks, starts):
-            _score_rollout(results, model, cfg, episode, chunks, start, swapped if baselines else None, seed)
+            clock = time.perf_counter()
+            run = rollout(model, cfg, episode, chunks, seed=seed, start=start)
+            timing.append(time.perf_counter() - clock)
+            _score_rollout(results, space, model, cfg, episode, run, chunks, swapped if baselines else None,
+                           seed)
     if not results["model"]:
         raise ValueError(f"{cfg.data.dataset_root}: no {split} episode is long enough for {chunks} chunks")
-    timing = results.pop("rollout_s")
     return {"split": split, "episodes": len(episodes), "chunks": chunks, "rollouts": len(results["model"]),
             "rollout_s_per_chunk": round(float(np.sum(timing)) / (len(timing) * chunks), 4),
             **{name: _average(rows) for name, rows in results.items() if rows}}
 
 
-def _score_rollout(results: dict[str, list], model, cfg: CtrlWorldRunConfig, episode: CtrlWorldEpisode,
-                   chunks: int, start: int, other_actions: torch.Tensor | None, seed: int) -> None:
-    """Append one rollout's per-view metrics (and, given `other_actions`, the two baselines') and its time."""
-    space, views = latent_space(cfg), len(cfg.data.views)
-    clock = time.perf_counter()
-    run = rollout(model, cfg, episode, chunks, seed=seed, start=start)
-    results["rollout_s"].append(time.perf_counter() - clock)
+def _score_rollout(results: dict[str, list], space, model, cfg: CtrlWorldRunConfig, episode: CtrlWorldEpisode,
+                   run: Rollout, chunks: int, other_actions: torch.Tensor | None, seed: int) -> None:
+    """Append a rollout's per-view metrics (and, given `other_actions`, the two baselines' from its start)."""
+    views = len(cfg.data.views)
     target = decode_video(space, run.target[None])[0]
 
     def score(latents: torch.Tensor) -> list[dict[str, float]]:
@@ -186,8 +196,8 @@ def _score_rollout(results: dict[str, list], model, cfg: CtrlWorldRunConfig, epi
     results["model"].append(score(run.prediction))
     if other_actions is None:
         return
-    results["repeat_last_frame"].append(score(episode.latents[start].float().expand_as(run.target)))
-    swapped = rollout(model, cfg, episode, chunks, actions=other_actions, seed=seed, start=start)
+    results["repeat_last_frame"].append(score(episode.latents[run.start].float().expand_as(run.target)))
+    swapped = rollout(model, cfg, episode, chunks, actions=other_actions, seed=seed, start=run.start)
     results["other_actions"].append(score(swapped.prediction))
 
 
