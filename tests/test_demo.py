@@ -20,9 +20,10 @@ def test_demo_writes_video_curve_and_metrics(tmp_path, capsys):
     assert set(metrics["phases"]) == {"simulation_s", "conversion_s", "training_s", "evaluation_s"}
     assert metrics["train_steps"] == 2 and metrics["episodes_simulated"] == 5
     assert metrics["episodes_evaluated"] == 1 and metrics["rollouts"] == 6  # 1 held-out episode, 6 starts
+    assert metrics["chunks"] == 2
     assert metrics["rollout_s_per_chunk"] > 0
     for name in ("model", "repeat_last_frame", "other_actions"):
         assert len(metrics[name]["per_view"]) == 2 and 0 < metrics[name]["psnr"] < 100
     info = probe_video(out / "rollout.mp4")
-    assert (info.num_frames, info.width, info.height) == (6, 32, 32)  # 3 chunks x 2 frames; truth | prediction
+    assert (info.num_frames, info.width, info.height) == (8, 32, 32)  # 4 chunks x 2 frames; truth | prediction
     assert (out / "loss_curve.png").stat().st_size > 0

@@ -179,6 +179,17 @@ def test_low_gripper_pushes_high_gripper_passes_over():
     assert block.xy[0] <= 1 - block.half + 1e-9  # blocks stay on the table
 
 
+def test_rotation_zero_keeps_the_orientation_and_the_same_path():
+    turning = simulate_episode(5, num_steps=60, image_size=8, cameras=("cam_high",))
+    still = simulate_episode(5, num_steps=60, image_size=8, cameras=("cam_high",), rotation=0.0)
+    assert np.ptp(turning.qpos[:, 3:6], axis=0).max() > 0.1  # the default policy turns the gripper
+    np.testing.assert_allclose(still.qpos[:, 3:6], still.qpos[:1, 3:6].repeat(60, 0), atol=1e-6)
+    # Same draws and timing: position and gripper follow the same path.
+    np.testing.assert_allclose(still.action[:, [0, 1, 2, 6]], turning.action[:, [0, 1, 2, 6]], atol=1e-6)
+    with pytest.raises(ValueError, match="rotation"):
+        simulate_episode(5, num_steps=2, image_size=8, rotation=1.5)
+
+
 def test_objects_move_in_some_episodes_only():
     moved, lifted, still = 0, 0, 0
     for seed in range(8):

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="simulate a robot, convert, train a tiny Ctrl-World, evaluate (CPU)")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--episodes", type=int, default=None, help="simulated episodes (default 48)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default 800)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default 900)")
     demo.set_defaults(handler=_demo)
 
     inspect = commands.add_parser("inspect", help="print the resolved config, parameter counts, data sizes")

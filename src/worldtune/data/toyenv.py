@@ -164,6 +164,7 @@ def simulate_episode(
     *,
     num_objects: int | None = None,
     pick_prob: float = 0.6,
+    rotation: float = 1.0,
     supersample: int = 1,
     table: str = "wood",
     fps: float = DEFAULT_FPS,
@@ -172,6 +173,7 @@ def simulate_episode(
 
     `seed` is an int or a sequence of ints (e.g. `(dataset_seed, index)`); `num_objects` is 2 or 3
     at random when None; `pick_prob` is the share of pick-and-place episodes (the rest wander);
+    `rotation` scales the policy's orientation changes (0: position only, see `toyenv_policy`);
     `supersample` renders at that many times the size and averages down (anti-aliasing); `table` is
     "wood" or "gradient" (see `toyenv_render`).
     """
@@ -185,7 +187,7 @@ def simulate_episode(
         supersample=supersample,
         table=table,
     )
-    policy = ScriptedPolicy(env.world, env.rng, pick_prob=pick_prob)
+    policy = ScriptedPolicy(env.world, env.rng, pick_prob=pick_prob, rotation=rotation)
     h, w = env.image_size
     frames = {cam: np.empty((num_steps, h, w, 3), dtype=np.uint8) for cam in env.cameras}
     qpos = np.empty((num_steps, POSE_DIM), dtype=np.float32)

@@ -8,8 +8,10 @@ segment and stay inside the simulator's limits, so the achieved pose tracks the 
 With probability `pick_prob` an episode is a pick-and-place (hover over a block, descend, close,
 lift, carry to a place, lower, open, retreat), sometimes after one random waypoint; otherwise, and
 after the place, the gripper wanders between random waypoints (some low enough to push blocks,
-some pauses, random yaw, small roll / pitch, random opening). Everything comes from one
-`numpy.random.Generator`, so an episode is reproducible from its seed.
+some pauses, random yaw, small roll / pitch, random opening). `rotation` scales every change of
+the gripper's orientation (1: as described; 0: the gripper keeps its starting roll, pitch and yaw,
+a position-only policy). Everything comes from one `numpy.random.Generator`, so an episode is
+reproducible from its seed.
 """
 
 from __future__ import annotations
@@ -49,8 +51,13 @@ def _min_jerk(s: float) -> float:
 class ScriptedPolicy:
     """Emits one absolute 7-D target pose per call of `act(world)`; `instruction` describes the plan."""
 
-    def __init__(self, world: ToyWorld, rng: np.random.Generator, pick_prob: float = 0.6):
+    def __init__(
+        self, world: ToyWorld, rng: np.random.Generator, pick_prob: float = 0.6, rotation: float = 1.0
+    ):
+        if not 0.0 <= rotation <= 1.0:
+            raise ValueError(f"rotation must be in [0, 1], got {rotation}")
         self.rng = rng
+        self.rotation = float(rotation)
         self.command = world.qpos
         self._queue: deque[tuple[Waypoint, float]] = deque()
         self._start = self._target = self.command
@@ -153,14 +160,17 @@ class ScriptedPolicy:
             self._queue.append((self._wander, self._speed()))
         waypoint, speed = self._queue.popleft()
         self._start = self.command.copy()
-        self._target = np.clip(waypoint(world, self.command), POSE_LOW, POSE_HIGH)
-        delta = np.abs(self._target - self._start)
+        target = np.clip(waypoint(world, self.command), POSE_LOW, POSE_HIGH)
+        delta = np.abs(target - self._start)
         steps = max(
             float(np.linalg.norm(delta[:2])) / speed,
             delta[2] / Z_SPEED,
             float(delta[3:6].max()) / ANGLE_SPEED,
             delta[6] / GRIP_SPEED,
         )
+        if self.rotation != 1.0:  # the orientation moves `rotation` of the way; draws and timing stay
+            target[3:6] = self._start[3:6] + self.rotation * (target[3:6] - self._start[3:6])
+        self._target = target
         self._duration = max(2, math.ceil(steps))
         self._k = 0
 
