@@ -47,7 +47,7 @@ def demo_config(out: Path, steps: int, image_size: int = 16, *, num_history: int
     Space-to-depth x2 of 16x16 views gives 12-channel 8x8 latents (x4's 48 channels are wider than
     the UNet's 32-wide first block and learn much slower); 1e-2 is the highest learning rate that
     stays stable; batch 16 beat batch 8 and 32 at equal compute. No history frame (upstream: 6): the
-    model sees the current frame and the actions only, a step is a third cheaper than with two, and
+    model sees the current frame and the actions only, a step is a fifth cheaper than with one, and
     the motion must come from the actions (it cannot be extrapolated from past frames). Guidance 1.25
     (upstream ramps 1 -> 2 over the frames) makes the model follow the actions more closely.
     """
