@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, step_metric, subprocess_env
 from worldtune.cli import main
@@ -104,6 +105,25 @@ def test_train_kill_resume_label_eval(data_dir, tmp_path):
     assert report["sequences"] > 0 and report["mse_loss"] > 0
     assert report["codebook_usage"] > 1 / 12  # more than one code in use
     assert 1.0 < report["perplexity"] <= 12.0
+
+
+def test_dead_codes_restart_under_torchrun_with_fsdp(data_dir, tmp_path):
+    run = tmp_path / "two_ranks"
+    settings = ["train.num_epochs=2", "train.batch_size=2", "train.learning_rate=1e-3", "train.num_workers=0",
+                "log.wandb_project=null", "log.progress_bar=false", "checkpoint.every_steps=0",
+                "model.dead_code_threshold=1"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "worldtune.cli", "train", str(REPO / "configs/lam/train.yaml"),
+               *overrides(data_dir, run, *settings)]
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    restarted = step_metric(run, "train/restarted_codes")
+    assert sorted(restarted) == sorted(step_metric(run)) and sum(restarted.values()) > 0  # every step
+    from worldtune.train import checkpoint as ckpt
+    from worldtune.train.export import load_weights
+
+    weights = load_weights(ckpt.latest_checkpoint(run))
+    assert weights["quantizer.codebook"].shape == (12, 16) and torch.isfinite(weights["quantizer.codebook"]).all()
 
 
 def test_inspect_reports_the_data(data_dir, tmp_path, capsys):

@@ -165,6 +165,31 @@ def test_dead_code_restart_in_model_training_step():
     assert model.quantizer.codebook.grad is not None
 
 
+def test_run_restart_counts_optimiser_steps_over_all_micro_batches():
+    from worldtune.recipes.lam_restart import DeadCodeRestart
+
+    vq = _pinned_quantizer(threshold=0).train()  # the run restarts from outside, after the step
+    before = vq.codebook.detach().clone()
+    restart = DeadCodeRestart(threshold=2)
+    assert restart.apply(vq) == 0  # nothing recorded yet: no step counted
+    code = lambda i, n: torch.full((n, 4), 10.0 * i)  # noqa: E731  (n inputs that pick code i)
+    candidates = torch.cat([code(0, 3), 50.0 + torch.randn(5, 4)])  # the second micro-batch picks 5
+    for _ in range(2):  # two optimiser steps of two micro-batches each
+        for z in (code(0, 3), candidates[3:]):
+            out = vq(z)
+            assert out.restarted.item() == 0 and torch.equal(out.encoded, z)
+            restart.record(out.indices, out.encoded, vq.num_embeddings)
+        restarted = restart.apply(vq)
+    assert restarted == 10  # all but codes 0 and 5, unused for 2 steps
+    kept = torch.zeros(12, dtype=torch.bool)
+    kept[[0, 5]] = True
+    assert torch.equal(vq.codebook[kept], before[kept])
+    assert all(any(torch.equal(row, c) for c in candidates) for row in vq.codebook.detach()[~kept])
+    assert torch.equal(vq.steps_since_used, torch.zeros(12, dtype=torch.long))
+    with pytest.raises(ValueError, match="threshold"):
+        DeadCodeRestart(0)
+
+
 def test_action_ids_are_a_bijection():
     model = make_model()
     k, n = TINY.num_embeddings, TINY.num_codes

@@ -68,6 +68,12 @@ class Recipe:
         PASS / FAIL). `trainer.cfg`, `trainer.model`, `trainer.env` are available."""
         return None
 
+    def after_update(self, parts: Parts) -> dict[str, float] | None:
+        """Called on every rank after each optimiser step that was applied (not after skipped ones);
+        returned values are logged as `train/<name>`. For updates that are not gradients (e.g. LAM's
+        dead-code restart)."""
+        return None
+
     def export_weights(self, weights: dict[str, torch.Tensor], cfg: RunConfig) -> dict[str, torch.Tensor]:
         """The exported artefact from all model weights of a checkpoint (only with export_name)."""
         return weights

@@ -21,6 +21,7 @@ from worldtune.config import ConfigError, RunConfig
 from worldtune.data.formats.latent_h5 import LatentH5Config, LatentSequenceDataset
 from worldtune.models.lam import LamConfig, VVAELatentActionVQVAE
 from worldtune.recipes.base import Parts, Recipe
+from worldtune.recipes.lam_restart import DeadCodeRestart
 from worldtune.train.logging import get_logger
 
 log = get_logger()
@@ -62,17 +63,21 @@ class LamRecipe(Recipe):
         if cfg.data.channels != model_cfg.in_channels:
             raise ConfigError(f"model.in_channels {model_cfg.in_channels} != data.channels {cfg.data.channels}")
         model = VVAELatentActionVQVAE(model_cfg)
-        if _world_size() > 1 and model_cfg.dead_code_threshold:
-            log.warning("dead-code restart runs in a single process only; disabled under torchrun")
-            model.quantizer.dead_code_threshold = 0
+        # Dead codes restart after each optimiser step, the same on one rank or many (lam_restart).
+        threshold = model_cfg.dead_code_threshold
+        model.quantizer.dead_code_threshold = 0
+        restart = DeadCodeRestart(threshold) if threshold else None
         train = LatentSequenceDataset(dataclasses.replace(cfg.data, split="train"))
         val = _optional_split(cfg.data, "val")
-        return Parts(model=model, train_dataset=train, val_dataset=val, extras={"cfg": cfg})
+        return Parts(model=model, train_dataset=train, val_dataset=val, extras={"cfg": cfg, "restart": restart})
 
     def loss(self, parts: Parts, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         latents = batch["latents"].float()
         x_t, x_next = transitions(latents)
         out = parts.model(x_t, x_next)
+        restart = parts.extras.get("restart")
+        if restart is not None and parts.model.training:
+            restart.record(out.indices, out.encoded, parts.model.quantizer.num_embeddings)
         mse = F.mse_loss(out.prediction, x_next)
         metrics = {
             "mse_loss": mse, "mae_loss": F.l1_loss(out.prediction, x_next).detach(),
@@ -101,6 +106,12 @@ class LamRecipe(Recipe):
             pred = model.decode(pred[:, :-1].flatten(0, 1), codes[:, k:].flatten(0, 1)).unflatten(0, (b, s - 1 - k))
             losses.append(F.mse_loss(pred, frames[:, k + 1:]))
         return torch.stack(losses).mean() if losses else latents.new_zeros(())
+
+    def after_update(self, parts: Parts) -> dict[str, float] | None:
+        restart = parts.extras.get("restart")
+        if restart is None:
+            return None
+        return {"restarted_codes": float(restart.apply(parts.model.quantizer))}
 
     def describe_data(self, parts: Parts) -> str | None:
         from worldtune.data.formats.latent_h5 import describe
@@ -143,12 +154,6 @@ def _optional_split(data: LatentH5Config, split: str) -> LatentSequenceDataset |
         log.info("no %s split: %s", split, err)
         return None
     return dataset if len(dataset) else None
-
-
-def _world_size() -> int:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 RECIPE = LamRecipe()

@@ -261,7 +261,7 @@ class Trainer:
         values = dict(zip(keys, reduced[:-1], strict=True))
         norm = reduced[-1]  # already global under FSDP: the mean over ranks leaves it unchanged
         lr = self.optimizer.param_groups[0]["lr"]
-        self._apply_update(math.isfinite(values["loss"]) and math.isfinite(norm))
+        values.update(self._apply_update(math.isfinite(values["loss"]) and math.isfinite(norm)))
         step_time = time.perf_counter() - start
         metrics = {f"train/{k}": v for k, v in values.items()}
         metrics["train/epoch"] = float(self.progress.epoch)
@@ -285,11 +285,14 @@ class Trainer:
             norm = norm.full_tensor()
         return norm.detach().float()
 
-    def _apply_update(self, finite: bool) -> None:
+    def _apply_update(self, finite: bool) -> dict[str, float]:
+        """Optimiser, scheduler, the recipe's own update and EMA; returns the recipe's values."""
         progress = self.progress
+        extra: dict[str, float] = {}
         if finite:
             self.optimizer.step()
             self.scheduler.step()
+            extra = self.recipe.after_update(self.parts) or {}
             if self.ema is not None:
                 self.ema.update(self.model)
             progress.consecutive_nonfinite = 0
@@ -307,6 +310,7 @@ class Trainer:
                 f"or raise train.max_consecutive_nonfinite. Last good checkpoint: "
                 f"{ckpt.latest_checkpoint(self.run_dir)}"
             )
+        return extra
 
     def _after_step(self, metrics: dict[str, float], epoch_ended: bool) -> None:
         cfg, step = self.cfg, self.progress.step

@@ -22,7 +22,8 @@ left to explain is the change, which is what the action codes should carry.
 The latents are not normalised (the seed: VVAE latents need no layer norm); the LayerNorms are the
 transformer's own. The transformer blocks are `nn.ModuleList`s (`encoder.blocks`, `decoder.blocks`),
 one module per layer, for FSDP wrapping and activation checkpointing. See `quantizer` for how the
-dead-code restart behaves under data parallelism.
+dead-code restart behaves under data parallelism (training runs restart from outside the model,
+`recipes/lam_restart.py`).
 """
 
 from .config import LamConfig

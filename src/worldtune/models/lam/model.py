@@ -24,6 +24,7 @@ class LamOutput:
     usage: torch.Tensor
     perplexity: torch.Tensor
     restarted: torch.Tensor
+    encoded: torch.Tensor  # [B, num_codes, codebook_dim] detached encoder outputs (see the quantiser)
 
 
 class VVAEtoLAMAdapter(nn.Module):
@@ -146,7 +147,7 @@ class VVAELatentActionVQVAE(nn.Module):
         return LamOutput(
             prediction=self._decode(x_t, patches_t, vq.quantised), quantised=vq.quantised, indices=vq.indices,
             vq_loss=vq.vq_loss, codebook_loss=vq.codebook_loss, commitment_loss=vq.commitment_loss,
-            usage=vq.usage, perplexity=vq.perplexity, restarted=vq.restarted,
+            usage=vq.usage, perplexity=vq.perplexity, restarted=vq.restarted, encoded=vq.encoded,
         )
 
     def codes_to_quantised(self, indices: torch.Tensor) -> torch.Tensor:

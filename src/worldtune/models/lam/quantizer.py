@@ -16,11 +16,12 @@ Dead-code restart: the buffer `steps_since_used` (saved in checkpoints) counts, 
 training-mode forward calls since the code was last chosen (with gradient accumulation that is
 micro-batches, not optimiser steps). A code that reaches `dead_code_threshold` is overwritten by an
 encoder output of the current batch picked with the global torch RNG, and its counter is reset.
-Nothing changes in eval mode. The write is an in-place parameter update inside forward: correct in
-one process; under DDP each rank restarts from its own batch, so the trainer must broadcast the
-codebook and `steps_since_used` (e.g. from rank 0) to keep replicas equal; under FSDP the write would
-hit the unsharded copy and be lost, so there the restart has to be done by the trainer outside the
-sharded forward (`restart_dead_codes` with an explicit threshold, and 0 in the config).
+Nothing changes in eval mode. The write is an in-place parameter update inside forward: right in one
+process, wrong under data parallelism (each rank would restart from its own batch, and under FSDP
+the write would hit the gathered copy and be lost). There, set `dead_code_threshold` to 0 and
+restart from outside, after the optimiser step, with `advance_unused` and `replace_codes` on usage
+counts summed over the ranks (`recipes/lam_restart.py` does this for LAM runs); every output carries
+the encoder outputs (`encoded`) such a restart draws from.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class VQOutput:
     usage: torch.Tensor  # 0-d, detached: fraction of the codebook chosen at least once in the batch
     perplexity: torch.Tensor  # 0-d, detached: exp(entropy of the mean one-hot code distribution)
     restarted: torch.Tensor  # 0-d long: codes restarted by this call (always 0 in eval mode)
+    encoded: torch.Tensor  # [..., dim] detached encoder outputs: what a restart draws new codes from
 
 
 class VectorQuantizer(nn.Module):
@@ -90,6 +92,7 @@ class VectorQuantizer(nn.Module):
             usage=(counts > 0).float().mean(),
             perplexity=torch.exp(entropy).detach(),
             restarted=restarted,
+            encoded=z.detach(),
         )
 
     @torch.no_grad()
@@ -99,14 +102,25 @@ class VectorQuantizer(nn.Module):
         overwrite the codes unused for `threshold` (default: `dead_code_threshold`) steps by random
         rows of `candidates` [N, dim]. Returns how many codes were restarted (0-d long tensor).
         """
+        dead = self.advance_unused(counts, threshold)
+        # Draw a candidate for every code and keep it only where dead: no host sync on `dead`.
+        picks = torch.randint(candidates.shape[0], (self.num_embeddings,), device=candidates.device)
+        self.replace_codes(dead, candidates[picks])
+        return dead.sum()
+
+    @torch.no_grad()
+    def advance_unused(self, counts: torch.Tensor, threshold: int | None = None) -> torch.Tensor:
+        """One step of the unused-step counters given per-code `counts` [num_embeddings]; returns the
+        codes unused for `threshold` (default: `dead_code_threshold`) steps, a bool [num_embeddings]."""
         threshold = self.dead_code_threshold if threshold is None else threshold
         if threshold < 1:
             raise ValueError(f"dead-code threshold must be >= 1, got {threshold}")
         self.steps_since_used.add_(1).masked_fill_(counts > 0, 0)
-        dead = self.steps_since_used >= threshold
-        # Draw a candidate for every code and keep it only where dead: no host sync on `dead`.
-        picks = torch.randint(candidates.shape[0], (self.num_embeddings,), device=candidates.device)
-        fresh = candidates[picks].to(self.codebook.dtype)
-        self.codebook.copy_(torch.where(dead[:, None], fresh, self.codebook))
+        return self.steps_since_used >= threshold
+
+    @torch.no_grad()
+    def replace_codes(self, dead: torch.Tensor, fresh: torch.Tensor) -> None:
+        """Rows `dead` (bool [num_embeddings]) of the codebook become those of `fresh` [num_embeddings,
+        dim]; their counters restart from 0."""
+        self.codebook.copy_(torch.where(dead[:, None], fresh.to(self.codebook.dtype), self.codebook))
         self.steps_since_used.masked_fill_(dead, 0)
-        return dead.sum()
