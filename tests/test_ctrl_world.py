@@ -78,9 +78,9 @@ def test_train_kill_resume_rollout_and_evaluate(dataset, tmp_path):
 
     out = tmp_path / "rollout.mp4"
     assert main(["generate", "ctrl-world", "--run", str(run), "--episode", str(dataset / "0"), "--chunks", "2",
-                 "--out", str(out)]) == 0
+                 "--upscale", "2", "--out", str(out)]) == 0
     info = probe_video(out)
-    assert (info.num_frames, info.width, info.height) == (4, 32, 32)  # 2 chunks x 2 frames; truth | prediction
+    assert (info.num_frames, info.width, info.height) == (4, 64, 64)  # 2 chunks x 2 frames; truth | prediction, x2
 
     from worldtune.recipes.ctrl_world_tools import evaluate
 

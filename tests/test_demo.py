@@ -25,5 +25,5 @@ def test_demo_writes_video_curve_and_metrics(tmp_path, capsys):
     for name in ("model", "repeat_last_frame", "other_actions"):
         assert len(metrics[name]["per_view"]) == 2 and 0 < metrics[name]["psnr"] < 100
     info = probe_video(out / "rollout.mp4")
-    assert (info.num_frames, info.width, info.height) == (8, 32, 32)  # 4 chunks x 2 frames; truth | prediction
+    assert (info.num_frames, info.width, info.height) == (8, 256, 256)  # 4 chunks x 2 frames; truth | prediction, x8
     assert (out / "loss_curve.png").stat().st_size > 0

@@ -171,6 +171,7 @@ def _add_generate(commands) -> None:
     world.add_argument("--actions", help="raw actions .npy [T, action_dim] to drive it (default: the episode's)")
     world.add_argument("--chunks", type=int, default=2)
     world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--upscale", type=int, default=1, help="repeat every pixel N times each way in the video")
     world.add_argument("--out", required=True)
     world.set_defaults(handler=_generate_ctrl_world)
 
@@ -207,7 +208,7 @@ def _generate_ctrl_world(args: argparse.Namespace) -> int:
     episode = load_episode(cfg.data.dataset_root, Path(args.episode).name, cfg.data.views, cfg.data.layout)
     actions = tools.episode_actions(cfg, episode, np.load(args.actions)) if args.actions else None
     run = tools.rollout(model, cfg, episode, args.chunks, actions=actions, seed=args.seed)
-    print(tools.write_rollout_video(args.out, cfg, run, fps=cfg.validation.fps))
+    print(tools.write_rollout_video(args.out, cfg, run, fps=cfg.validation.fps, upscale=args.upscale))
     return 0
 
 

@@ -147,7 +147,7 @@ def _write_example(out: Path, cfg, chunks: int) -> None:
     episode = load_episode(cfg.data.dataset_root, episode_id, cfg.data.views, cfg.data.layout, split="val")
     starts = rollout_starts(cfg, len(episode.latents), chunks, 3)  # from mid-episode: the robot is moving
     run = rollout(model, cfg, episode, chunks, start=starts[len(starts) // 2])
-    write_rollout_video(out / "rollout.mp4", cfg, run, fps=4)
+    write_rollout_video(out / "rollout.mp4", cfg, run, fps=4, upscale=8)  # 16 px views -> 128 px
 
 
 def summary(metrics: dict[str, Any], out: Path) -> str:

@@ -224,12 +224,17 @@ def _average(per_episode: list[list[dict[str, float]]]) -> dict[str, Any]:
             "ssim": float(np.mean([v["ssim"] for v in per_view]))}
 
 
-def write_rollout_video(out: str | Path, cfg: CtrlWorldRunConfig, run: Rollout, fps: float = 5.0) -> Path:
-    """Ground truth beside the prediction, all views stacked along height."""
+def write_rollout_video(out: str | Path, cfg: CtrlWorldRunConfig, run: Rollout, fps: float = 5.0,
+                        upscale: int = 1) -> Path:
+    """Ground truth beside the prediction, all views stacked along height; `upscale` repeats every
+    pixel that many times each way (tiny frames are otherwise unreadable in a player)."""
     from worldtune.data.video import side_by_side, write_video
 
+    if upscale < 1:
+        raise ValueError(f"upscale must be >= 1, got {upscale}")
     space = latent_space(cfg)
     video = side_by_side(decode_video(space, run.target[None])[0], decode_video(space, run.prediction[None])[0])
+    video = video.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
     return write_video(out, video, fps=fps)
 
 
