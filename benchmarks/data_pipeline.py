@@ -71,8 +71,8 @@ from worldtune.data.video import (
     resample_indices,
     resize_center_crop,
     to_model_range,
-    write_video,
 )
+from worldtune.data.video_write import write_video
 from worldtune.recipes.vidar import VidarRecipe
 from worldtune.train.data import move_to_device
 from worldtune.train.logging import METRICS_FILE, read_metrics

@@ -22,7 +22,7 @@ import av
 import numpy as np
 import torch
 
-from worldtune.data.video import write_video
+from worldtune.data.video_write import write_video
 
 CODE_BITS = 10  # frame indices up to 1023
 CAMERA_COLORS: tuple[tuple[int, int, int], ...] = (

@@ -150,7 +150,7 @@ def test_prepare_vae_latents_cli_feeds_the_loader(tmp_path):
     import torch
 
     from worldtune.data.formats.latent_h5 import LatentH5Config, LatentSequenceDataset
-    from worldtune.data.video import write_video
+    from worldtune.data.video_write import write_video
 
     videos = tmp_path / "videos"
     frames = (torch.rand(3, 17, 40, 48) * 2 - 1).clamp(-1, 1)

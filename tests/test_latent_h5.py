@@ -21,7 +21,8 @@ from worldtune.data.formats.latent_h5 import (
     write_lam_manifest,
 )
 from worldtune.data.vae_latents import OutputMismatchError, encode_videos_to_h5
-from worldtune.data.video import load_clip, write_video
+from worldtune.data.video import load_clip
+from worldtune.data.video_write import write_video
 from worldtune.models.encoders.tiny import tiny_wan_vae
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -26,11 +26,10 @@ from worldtune.data.video import (
     resample_indices,
     resize_center_crop,
     round_num_frames,
-    side_by_side,
     to_model_range,
     valid_num_frames,
-    write_video,
 )
+from worldtune.data.video_write import side_by_side, write_video
 
 H, W, N, FPS = 48, 64, 30, 30
 GOP = 5  # keyframe every 5 frames, so reads far from the start really seek

@@ -228,7 +228,7 @@ def write_rollout_video(out: str | Path, cfg: CtrlWorldRunConfig, run: Rollout, 
                         upscale: int = 1) -> Path:
     """Ground truth beside the prediction, all views stacked along height; `upscale` repeats every
     pixel that many times each way (tiny frames are otherwise unreadable in a player)."""
-    from worldtune.data.video import side_by_side, write_video
+    from worldtune.data.video_write import side_by_side, write_video
 
     if upscale < 1:
         raise ValueError(f"upscale must be >= 1, got {upscale}")

@@ -8,7 +8,8 @@ import torch
 
 from worldtune.config import ConfigError
 from worldtune.data.cache import CacheStats, build_cache
-from worldtune.data.video import resize_center_crop, write_video
+from worldtune.data.video import resize_center_crop
+from worldtune.data.video_write import write_video
 from worldtune.recipes.vidar import RECIPE, VidarConfig, cache_settings, generate_latents
 from worldtune.recipes.wan_parts import dit_config, pad_text
 from worldtune.train.distributed import DTYPES

@@ -83,7 +83,7 @@ class Validator:
 
 def write_sample_videos(out_dir: Path, step: int, result: dict[str, Any], fps: int) -> list[Path]:
     """`samples/train_steps_<step>_<i>.mp4`: ground truth (when given) beside the prediction."""
-    from worldtune.data.video import side_by_side, write_video
+    from worldtune.data.video_write import side_by_side, write_video
 
     videos = result["video"].detach().float().cpu()
     targets = result.get("target")
