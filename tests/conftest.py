@@ -87,3 +87,11 @@ def _offline_wandb(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Ctrl-World: two recordings converted with space-to-depth latents (`ctrl_world_fixtures.convert_two`)."""
+    from ctrl_world_fixtures import convert_two
+
+    return convert_two(tmp_path_factory.mktemp("ctrl"))
