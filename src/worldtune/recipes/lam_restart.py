@@ -26,7 +26,11 @@ def _distributed() -> bool:
 
 
 class DeadCodeRestart:
-    """Collects one optimiser step's code usage and restarts the codes unused for `threshold` steps."""
+    """Collects one optimiser step's code usage and restarts the codes unused for `threshold` steps.
+
+    The trainer calls `apply` only after applied steps: the usage of a skipped (non-finite) step
+    counts toward the next one.
+    """
 
     def __init__(self, threshold: int) -> None:
         if threshold < 1:
