@@ -107,6 +107,21 @@ def test_train_kill_resume_label_eval(data_dir, tmp_path):
     assert 1.0 < report["perplexity"] <= 12.0
 
 
+def test_dead_code_restart_agrees_across_ranks(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO / "tests" / "lam_restart_worker.py"), str(tmp_path)]
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    # Usage is global: codes 0 and 1 (one per rank) stay, the other 4 restart on both ranks.
+    assert ranks[0]["restarted"] == ranks[1]["restarted"] == 4
+    assert torch.equal(ranks[0]["steps_since_used"], ranks[1]["steps_since_used"])
+    assert torch.equal(ranks[0]["codebook"], ranks[1]["codebook"])
+    codebook = ranks[0]["codebook"]
+    assert torch.equal(codebook[:2], torch.tensor([[0.0] * 3, [1.0] * 3]))
+    assert torch.equal(codebook[2:], torch.full((4, 3), 100.0))  # rank 0's candidates, broadcast
+
+
 def test_dead_codes_restart_under_torchrun_with_fsdp(data_dir, tmp_path):
     run = tmp_path / "two_ranks"
     settings = ["train.num_epochs=2", "train.batch_size=2", "train.learning_rate=1e-3", "train.num_workers=0",

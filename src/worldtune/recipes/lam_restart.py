@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from worldtune.models.lam.quantizer import VectorQuantizer
 
@@ -60,8 +61,6 @@ class DeadCodeRestart:
         fresh = candidates[picks].to(torch.float32).contiguous()
         if _distributed():
             dist.broadcast(fresh, src=0)  # every rank writes the same rows
-        from torch.distributed.tensor import DTensor
-
         if isinstance(quantizer.codebook, DTensor):
             _write_shard(quantizer.codebook, dead, fresh)
             quantizer.steps_since_used.masked_fill_(dead, 0)
@@ -72,8 +71,6 @@ class DeadCodeRestart:
 
 def _write_shard(codebook, dead: torch.Tensor, fresh: torch.Tensor) -> None:
     """`codebook[dead] = fresh[dead]` for an FSDP2-sharded codebook: each rank writes its own rows."""
-    from torch.distributed.tensor import distribute_tensor
-
     full = codebook.full_tensor()
     rows = torch.where(dead[:, None], fresh.to(full.dtype), full)
     codebook.to_local().copy_(distribute_tensor(rows, codebook.device_mesh, codebook.placements).to_local())
