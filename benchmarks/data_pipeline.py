@@ -64,7 +64,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worldtune.config import load_config
 from worldtune.data.formats.episodes import EpisodeClipDataset, EpisodeDataConfig, write_manifest
 from worldtune.data.video import (
     read_frames,
@@ -73,10 +72,10 @@ from worldtune.data.video import (
     to_model_range,
 )
 from worldtune.data.video_write import write_video
-from worldtune.recipes.vidar import VidarRecipe
+from worldtune.systems import load_config, train_run
+from worldtune.systems.vidar.recipe import VidarRecipe
 from worldtune.train.data import move_to_device
 from worldtune.train.logging import METRICS_FILE, read_metrics
-from worldtune.train.loop import Trainer
 from worldtune.train.optim import build_optimizer
 
 GOAL = 0.9
@@ -449,13 +448,13 @@ def trainer_step_time(root: Path, work: Path, args: argparse.Namespace, cache: P
     if cache is not None:
         overrides.append(f"data.cache_dir={cache}")
     with quiet():
-        Trainer(load_config(TINY, overrides)).fit()
+        train_run(load_config(TINY, overrides))
     times = [r["perf/step_time"] for r in read_metrics(run_dir / METRICS_FILE) if "perf/step_time" in r]
     return med(times[args.warmup_steps :])
 
 
 def training_steps(root: Path, work: Path, args: argparse.Namespace) -> dict[str, float]:
-    from worldtune.recipes.vidar_tools import prepare_cache
+    from worldtune.systems.vidar.cache import prepare_cache
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the trainer's choice
     cache = work / "cache"

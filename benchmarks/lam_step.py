@@ -23,9 +23,9 @@ def run_side(args: argparse.Namespace) -> dict:
 
     from worldtune.config import DistConfig
     from worldtune.models.lam import LamConfig, VVAELatentActionVQVAE
-    from worldtune.recipes.base import Parts
-    from worldtune.recipes.lam import LamRecipe, LamRunConfig
+    from worldtune.systems.lam.recipe import LamRecipe, LamRunConfig
     from worldtune.train.distributed import DistEnv, default_blocks, prepare_model
+    from worldtune.train.recipe import Parts
 
     torch.manual_seed(0)
     device = torch.device(args.device)

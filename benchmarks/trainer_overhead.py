@@ -54,9 +54,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from worldtune.config import RunConfig, build_config
-from worldtune.recipes import Parts, Recipe
 from worldtune.train.logging import METRICS_FILE, read_metrics
 from worldtune.train.loop import Trainer
+from worldtune.train.recipe import Parts, Recipe
 
 GOAL = 1.05
 RESULT_PREFIX = "TRAINER_OVERHEAD_RESULT "

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from worldtune.config import RunConfig
-from worldtune.recipes import Parts, Recipe
+from worldtune.train.recipe import Parts, Recipe
 
 
 @dataclass

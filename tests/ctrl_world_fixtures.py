@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from worldtune.data.ctrl_world_convert import convert_recordings
-from worldtune.models.latent_spaces import LatentSpace, SpaceToDepthLatents
+from worldtune.models.encoders.latent_spaces import LatentSpace, SpaceToDepthLatents
+from worldtune.systems.ctrl_world.convert import convert_recordings
 
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 T, H, W, D = 16, 48, 64, 7

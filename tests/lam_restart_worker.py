@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from worldtune.models.lam import VectorQuantizer
-from worldtune.recipes.lam_restart import DeadCodeRestart
+from worldtune.systems.lam.restart import DeadCodeRestart
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

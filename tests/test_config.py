@@ -6,7 +6,8 @@ import pytest
 
 from conftest import example_tree, write_yaml
 from worldtune.cli import main
-from worldtune.config import ConfigError, load_config, to_yaml
+from worldtune.config import ConfigError, to_yaml
+from worldtune.systems import load_config
 
 
 def test_yaml_and_overrides_merge_with_types(tmp_path):

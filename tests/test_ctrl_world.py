@@ -15,10 +15,9 @@ import torch
 
 from conftest import REPO, step_metric, subprocess_env
 from worldtune.cli import main
-from worldtune.config import load_config
 from worldtune.data.toyenv import generate_dataset
 from worldtune.data.video import probe_video
-from worldtune.train.loop import Trainer
+from worldtune.systems import load_config, train_run
 
 TINY = REPO / "configs" / "ctrl_world" / "tiny.yaml"
 
@@ -55,7 +54,7 @@ def test_layout_and_stats(dataset):
 
 def test_train_kill_resume_rollout_and_evaluate(dataset, tmp_path):
     reference = tmp_path / "reference"
-    Trainer(load_config(TINY, overrides(dataset, reference, "validation.every_steps=6"))).fit()
+    train_run(load_config(TINY, overrides(dataset, reference, "validation.every_steps=6")))
     assert sorted(p.name for p in (reference / "samples").glob("*.mp4")) == ["train_steps_6_0.mp4"]
 
     run = tmp_path / "run"
@@ -82,17 +81,19 @@ def test_train_kill_resume_rollout_and_evaluate(dataset, tmp_path):
     info = probe_video(out)
     assert (info.num_frames, info.width, info.height) == (4, 64, 64)  # 2 chunks x 2 frames; truth | prediction, x2
 
-    from worldtune.recipes.ctrl_world_tools import evaluate
+    from worldtune.systems.ctrl_world.evaluate import evaluate
 
     report = evaluate(run, split="val", chunks=2, starts=3)
     assert report["episodes"] >= 1 and len(report["model"]["per_view"]) == 2
     assert report["rollouts"] == 3 * report["episodes"]  # 16-frame episodes: starts 2, 6 or 7, 11
     for name in ("model", "repeat_last_frame", "other_actions"):
         assert 0 < report[name]["psnr"] < 100 and -1 <= report[name]["ssim"] <= 1
+    assert main(["eval", "ctrl-world", str(run), "--starts", "3"]) == 0  # prints a table, writes the JSON
+    assert json.loads((run / "eval" / "ctrl_world_val.json").read_text())["model"] == report["model"]
 
 
 def test_rollout_starts_spread_over_the_episode(dataset):
-    from worldtune.recipes.ctrl_world_tools import rollout_starts
+    from worldtune.systems.ctrl_world.rollout import rollout_starts
 
     cfg = load_config(TINY, [f"data.dataset_root={dataset}"])  # 2 history frames, 3 frames a chunk
     assert rollout_starts(cfg, 20, chunks=2, count=1) == [2]
@@ -101,27 +102,27 @@ def test_rollout_starts_spread_over_the_episode(dataset):
 
 
 def test_rollouts_use_the_ema_weights_of_a_run_that_kept_them(dataset, tmp_path):
-    from worldtune.recipes.ctrl_world_tools import load_run
+    from worldtune.systems import load_run
     from worldtune.train.export import find_checkpoint, load_weights
 
     run = tmp_path / "run"
-    Trainer(load_config(TINY, overrides(dataset, run, "train.max_steps=2", "train.ema_decay=0.5"))).fit()
+    train_run(load_config(TINY, overrides(dataset, run, "train.max_steps=2", "train.ema_decay=0.5")))
     path = find_checkpoint(run)
     key = "unet.conv_in.weight"
     ema, trained = load_weights(path, "ema")[key], load_weights(path)[key]
     assert not torch.equal(ema, trained)
-    assert torch.equal(load_run(run)[1].state_dict()[key], ema)
-    assert torch.equal(load_run(run, ema=False)[1].state_dict()[key], trained)
+    assert torch.equal(load_run(run).model().state_dict()[key], ema)
+    assert torch.equal(load_run(run).model(ema=False).state_dict()[key], trained)
 
 
 def test_pretrained_checkpoint_loads_with_a_report(dataset, tmp_path):
     first = tmp_path / "first"
-    Trainer(load_config(TINY, overrides(dataset, first, "train.max_steps=2"))).fit()
+    train_run(load_config(TINY, overrides(dataset, first, "train.max_steps=2")))
     assert main(["export", str(first)]) == 0
     second = tmp_path / "second"
     cfg = load_config(TINY, overrides(dataset, second, "train.max_steps=1",
                                       f"model.ckpt_path={first / 'export' / 'checkpoint-2.pt'}"))
-    from worldtune.recipes.ctrl_world import RECIPE
+    from worldtune.systems.ctrl_world.recipe import RECIPE
 
     parts = RECIPE.build_models(cfg)
     exported = torch.load(first / "export" / "checkpoint-2.pt", weights_only=True)
@@ -149,7 +150,7 @@ def test_partial_loading_reports_and_fails_loudly(tmp_path):
 
 def test_config_reaches_the_model(tmp_path):
     """The EDM and noise fields of `model:` and the tiny head count are the built model's, not its defaults."""
-    from worldtune.recipes.ctrl_world import build_world_model
+    from worldtune.systems.ctrl_world.recipe import build_world_model
 
     edm = {"p_mean": -1.2, "p_std": 1.2, "sigma_min": 0.01, "sigma_max": 80.0, "sigma_data": 0.2,
            "history_noise": 0.0, "cond_noise_max": 0.05, "residual": True, "relative_action_scale": 8.0}

@@ -22,7 +22,14 @@ from ctrl_world_fixtures import (
     tree,
     write_recording,
 )
-from worldtune.data.ctrl_world_convert import (
+from worldtune.models.encoders.latent_spaces import (
+    SpaceToDepthLatents,
+    SVDVaeLatents,
+    frames_to_model_range,
+    frames_to_uint8,
+    tiny_svd_vae,
+)
+from worldtune.systems.ctrl_world.convert import (
     MARKER,
     BadRecording,
     ConvertMismatchError,
@@ -30,16 +37,9 @@ from worldtune.data.ctrl_world_convert import (
     meta_info_dir,
     sample_frame_ids,
 )
-from worldtune.data.formats.ctrl_world import (
+from worldtune.systems.ctrl_world.dataset import (
     CtrlWorldDataConfig,
     CtrlWorldDataset,
-)
-from worldtune.models.latent_spaces import (
-    SpaceToDepthLatents,
-    SVDVaeLatents,
-    frames_to_model_range,
-    frames_to_uint8,
-    tiny_svd_vae,
 )
 
 # ------------------------------------------------------------------------------------ converter

@@ -11,7 +11,15 @@ import torch
 from omegaconf import OmegaConf
 
 from ctrl_world_fixtures import D, H, T, W, make_frames
-from worldtune.data.formats.ctrl_world import (
+from worldtune.models.encoders.latent_spaces import (
+    LatentSpace,
+    SpaceToDepthLatents,
+    SVDVaeLatents,
+    frames_to_model_range,
+    frames_to_uint8,
+    tiny_svd_vae,
+)
+from worldtune.systems.ctrl_world.dataset import (
     BadCtrlWorldSample,
     CtrlWorldDataConfig,
     CtrlWorldDataset,
@@ -19,14 +27,6 @@ from worldtune.data.formats.ctrl_world import (
     load_episode,
     normalise_actions,
     window_frame_ids,
-)
-from worldtune.models.latent_spaces import (
-    LatentSpace,
-    SpaceToDepthLatents,
-    SVDVaeLatents,
-    frames_to_model_range,
-    frames_to_uint8,
-    tiny_svd_vae,
 )
 
 # --------------------------------------------------------------------------------------- reader

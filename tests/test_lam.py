@@ -18,8 +18,7 @@ import torch
 
 from conftest import REPO, step_metric, subprocess_env
 from worldtune.cli import main
-from worldtune.config import load_config
-from worldtune.train.loop import Trainer
+from worldtune.systems import load_config, train_run
 
 # A CPU-sized model: 16 channels like the seed's latents, 16x16 latents instead of 64x64.
 SMALL = ["model.latent_size=16", "model.adapter_patch=4", "model.patch_dim=32", "model.embed_dim=64",
@@ -74,7 +73,7 @@ def test_train_kill_resume_label_eval(data_dir, tmp_path):
               "checkpoint.every_steps=3", "train.num_workers=0", "log.wandb_project=null",
               "model.rollout_horizon=2", "model.dead_code_threshold=5"]
     reference = tmp_path / "reference"
-    Trainer(load_config(config, overrides(data_dir, reference, *common))).fit()
+    train_run(load_config(config, overrides(data_dir, reference, *common)))
     losses = step_metric(reference)
     assert set(step_metric(reference, "val/mse_loss")) == {4 * e for e in range(1, 7)}  # every epoch (4 steps)
     assert "train/rollout_loss" in json.loads((reference / "metrics.jsonl").read_text().splitlines()[0])
@@ -99,10 +98,15 @@ def test_train_kill_resume_label_eval(data_dir, tmp_path):
     assert all(0 <= line["action_id"] < 12**3 and len(line["codes"]) == 3 for line in lines)
     assert len({line["action_id"] for line in lines}) > 1  # several motions, several actions
 
-    from worldtune.recipes.lam_tools import evaluate
+    from worldtune.systems.lam.evaluate import evaluate
 
     report = evaluate(run, split="test")
     assert report["sequences"] > 0 and report["mse_loss"] > 0
+    written = tmp_path / "lam_eval.json"
+    assert main(["eval", "lam", str(run), "--split", "test", "--json", str(written)]) == 0
+    assert json.loads(written.read_text()) == report
+    assert main(["label", "lam", str(run), str(data_dir), "--out", str(tmp_path / "again.jsonl")]) == 0
+    assert (tmp_path / "again.jsonl").read_text() == actions.read_text()
     assert report["codebook_usage"] > 1 / 12  # more than one code in use
     assert 1.0 < report["perplexity"] <= 12.0
 
@@ -156,16 +160,16 @@ def test_bad_h5_is_named(data_dir, tmp_path):
     (bad / "manifest.json").write_text(json.dumps({"version": 1, "seed": 0, "ratios": {},
                                                    "train": ["good.h5", "wrong.h5"], "val": [], "test": []}))
     with pytest.raises(ValueError, match="wrong.h5"):
-        Trainer(load_config(REPO / "configs/lam/train.yaml",
+        train_run(load_config(REPO / "configs/lam/train.yaml",
                             [f"data.data_dir={bad}", f"output_dir={tmp_path / 'run'}",
-                             "data.sequence_length=4", *SMALL])).fit()
+                             "data.sequence_length=4", *SMALL]))
 
 
 def test_prepare_vae_latents_cli_feeds_the_loader(tmp_path):
     import torch
 
-    from worldtune.data.formats.latent_h5 import LatentH5Config, LatentSequenceDataset
     from worldtune.data.video_write import write_video
+    from worldtune.systems.lam.latent_h5 import LatentH5Config, LatentSequenceDataset
 
     videos = tmp_path / "videos"
     frames = (torch.rand(3, 17, 40, 48) * 2 - 1).clamp(-1, 1)

@@ -166,7 +166,7 @@ def test_dead_code_restart_in_model_training_step():
 
 
 def test_run_restart_counts_optimiser_steps_over_all_micro_batches():
-    from worldtune.recipes.lam_restart import DeadCodeRestart
+    from worldtune.systems.lam.restart import DeadCodeRestart
 
     vq = _pinned_quantizer(threshold=0).train()  # the run restarts from outside, after the step
     before = vq.codebook.detach().clone()

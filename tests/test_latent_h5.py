@@ -12,7 +12,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from worldtune.data.formats.latent_h5 import (
+from worldtune.data.video import load_clip
+from worldtune.data.video_write import write_video
+from worldtune.models.encoders.tiny import tiny_wan_vae
+from worldtune.systems.lam.latent_h5 import (
     LatentDataError,
     LatentH5Config,
     LatentSequenceDataset,
@@ -20,10 +23,7 @@ from worldtune.data.formats.latent_h5 import (
     read_lam_manifest,
     write_lam_manifest,
 )
-from worldtune.data.vae_latents import OutputMismatchError, encode_videos_to_h5
-from worldtune.data.video import load_clip
-from worldtune.data.video_write import write_video
-from worldtune.models.encoders.tiny import tiny_wan_vae
+from worldtune.systems.lam.vae_latents import OutputMismatchError, encode_videos_to_h5
 
 # ------------------------------------------------------------------------------------------ helpers
 

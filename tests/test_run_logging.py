@@ -13,14 +13,8 @@ import pytest
 from worldtune.config import LogConfig
 from worldtune.train import logging as runlog
 from worldtune.train import plots
-from worldtune.train.logging import (
-    NullProgress,
-    RunLogger,
-    format_console_line,
-    get_logger,
-    progress,
-    read_metrics,
-)
+from worldtune.train.logging import RunLogger, format_console_line, read_metrics
+from worldtune.utils.logging import NullProgress, get_logger, progress
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

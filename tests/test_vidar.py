@@ -9,18 +9,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import REPO, step_metric, subprocess_env
 from episode_fixtures import write_dataset, write_episode
 from worldtune.cli import main
-from worldtune.config import load_config
-from worldtune.data.video import probe_video
+from worldtune.data.video import probe_video, read_frames
 from worldtune.models.wan.factory import build_wan
+from worldtune.systems import load_config, train_run
 from worldtune.train import checkpoint as ckpt
 from worldtune.train.export import load_weights
-from worldtune.train.loop import Trainer
 
 TINY = REPO / "configs" / "vidar" / "tiny.yaml"
 SHORT = ["train.max_steps=6", "checkpoint.every_steps=2", "validation.every_steps=6"]
@@ -40,7 +40,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(data_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("vidar_ref") / "run"
-    Trainer(load_config(TINY, [f"data.data_dir={data_dir}", f"output_dir={run}", *SHORT])).fit()
+    train_run(load_config(TINY, [f"data.data_dir={data_dir}", f"output_dir={run}", *SHORT]))
     return run
 
 
@@ -85,6 +85,12 @@ def test_kill_resume_export_and_generate(data_dir, reference, tmp_path):
                  "--frames", "13", "--steps", "2", "--out", str(out)]) == 0
     info = probe_video(out)
     assert (info.num_frames, info.width, info.height, info.fps) == (13, 64, 64, 10.0)
+    # The same from the config file and the exported vidar.pt: the same video, frame for frame.
+    again = tmp_path / "again.mp4"
+    assert main(["generate", "vidar", "--config", str(TINY), "--weights", str(run / "export" / "vidar.pt"),
+                 "--prompt", "pick up the cube", "--image", str(image), "--frames", "13", "--steps", "2",
+                 "--out", str(again)]) == 0
+    assert np.array_equal(read_frames(again, range(13)), read_frames(out, range(13)))
 
 
 def test_cached_training_reads_no_video_and_matches(data_dir, reference, tmp_path, monkeypatch):
@@ -101,8 +107,8 @@ def test_cached_training_reads_no_video_and_matches(data_dir, reference, tmp_pat
 
     monkeypatch.setattr(av, "open", no_video_reads)
     run = tmp_path / "cached"
-    Trainer(load_config(TINY, [f"data.data_dir={data_dir}", f"output_dir={run}", f"data.cache_dir={cache}",
-                               *SHORT])).fit()
+    train_run(load_config(TINY, [f"data.data_dir={data_dir}", f"output_dir={run}", f"data.cache_dir={cache}",
+                               *SHORT]))
     assert step_metric(run) == step_metric(reference)
 
 
@@ -113,8 +119,8 @@ def test_stale_cache_is_detected(data_dir, tmp_path):
     from worldtune.data.cache import StaleCacheError
 
     with pytest.raises(StaleCacheError, match="prepare cache"):
-        Trainer(load_config(TINY, [f"data.data_dir={data_dir}", f"output_dir={tmp_path / 'run'}",
-                                   f"data.cache_dir={cache}", "train.max_steps=1"])).fit()
+        train_run(load_config(TINY, [f"data.data_dir={data_dir}", f"output_dir={tmp_path / 'run'}",
+                                   f"data.cache_dir={cache}", "train.max_steps=1"]))
 
 
 def test_bad_episodes_error_or_skip(tmp_path, capsys):
@@ -125,7 +131,7 @@ def test_bad_episodes_error_or_skip(tmp_path, capsys):
                  "validation.every_steps=0"]
     assert main(["train", str(TINY), *overrides]) == 1
     assert "ep_short" in capsys.readouterr().err
-    result = Trainer(load_config(TINY, [*overrides, "data.on_bad_sample=skip"])).fit()
+    result = train_run(load_config(TINY, [*overrides, "data.on_bad_sample=skip"]))
     assert result.step == 2
     assert "ep_short" in capsys.readouterr().err
 

@@ -5,12 +5,15 @@ recipe's own dataclass, whose `model` and `data` sections are typed). OmegaConf 
 do the merging and type checking, so an unknown key, a wrong type or a missing required value is
 reported with its full dotted name before any model is built.
 
-    cfg = load_config("configs/lam/train.yaml", ["train.learning_rate=1e-3", "data.data_dir=/d"])
+    cfg = load_config("configs/lam/train.yaml", ["train.learning_rate=1e-3"], schema_of=...)
+
+`worldtune.systems.load_config` is the same with the systems registry choosing the schema.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,17 +276,18 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"overrides: {err}") from err
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load, merge and validate a run config; returns the recipe's config dataclass instance."""
-    from worldtune.recipes import get_recipe  # the recipe decides the schema
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
+                schema_of: Callable[[str], type[RunConfig]]) -> RunConfig:
+    """Load, merge and validate a run config; `schema_of(recipe name)` gives the config dataclass.
 
+    `worldtune.systems.load_config` passes the registry's lookup; this module knows no recipes.
+    """
     tree = read_yaml(path) if path is not None else OmegaConf.create({})
     tree = OmegaConf.merge(tree, parse_overrides(overrides or []))
     recipe_name = tree.get("recipe")
     if recipe_name is None:
         raise ConfigError(f"{path}: recipe: missing (e.g. `recipe: lam`)")
-    schema_cls = get_recipe(str(recipe_name)).config_class
-    return build_config(schema_cls, tree, source=str(path))
+    return build_config(schema_of(str(recipe_name)), tree, source=str(path))
 
 
 def build_config(schema_cls: type[RunConfig], tree: DictConfig | dict, source: str = "config") -> RunConfig:

@@ -32,9 +32,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
-from worldtune.train.logging import get_logger
-from worldtune.train.logging import progress as progress_bar
 from worldtune.utils.atomic import atomic_path
+from worldtune.utils.logging import get_logger
+from worldtune.utils.logging import progress as progress_bar
 
 CACHE_VERSION = 1
 META_FILE = "meta.json"

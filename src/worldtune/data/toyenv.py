@@ -41,8 +41,8 @@ from PIL import Image
 from worldtune.data.toyenv_policy import ScriptedPolicy
 from worldtune.data.toyenv_render import CAMERA_NAMES, TABLES, render_views
 from worldtune.data.toyenv_world import POSE_DIM, POSE_NAMES, ToyWorld
-from worldtune.train.logging import progress
 from worldtune.utils.atomic import atomic_path
+from worldtune.utils.logging import progress
 
 __all__ = [
     "CAMERA_NAMES",

@@ -21,7 +21,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
 from worldtune.diffusion.flow_matching import ti2v_replace_first_frame, ti2v_token_timesteps
-from worldtune.train.logging import progress as progress_bar
+from worldtune.utils.logging import progress as progress_bar
 
 SCHEDULERS = ("unipc", "euler")
 

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from worldtune.train import checkpoint as ckpt
+from worldtune.train.recipe import Recipe
 
 
 def find_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
@@ -54,14 +55,15 @@ def load_weights(path: Path, section: str = "model", keys: set[str] | None = Non
     return state[section]
 
 
-def export_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, ema: bool = False,
+def export_run(run_dir: str | Path, recipe: Recipe | None = None, *, checkpoint: str | Path | None = None,
+               ema: bool = False,
                out_dir: str | Path | None = None, name: str | None = None,
                trainable_only: bool = True) -> list[Path]:
     """Write the run's weights. Recipes with an artefact of their own (Vidar's `vidar.pt`: the whole
-    DiT in original Wan names, LoRA merged) name and shape it through `Recipe.export_weights`."""
+    DiT in original Wan names, LoRA merged) name and shape it through `Recipe.export_weights`;
+    without a recipe (or one with no artefact) the trainable weights go to `model.*`."""
     path = find_checkpoint(run_dir, checkpoint)
     trainer_state = ckpt.read_trainer_state(path)
-    recipe = _recipe_of(path)
     custom = recipe is not None and recipe.export_name is not None
     keys = set(trainer_state["trainable_keys"]) if trainable_only and not custom else None
     weights = load_weights(path, "ema" if ema else "model", keys)
@@ -72,19 +74,6 @@ def export_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, ema
     step = trainer_state["progress"]["step"]
     stem = name or (recipe.export_name.format(step=step) if custom else "model")
     return write_weights(weights, out, stem, metadata={"step": str(trainer_state["progress"]["step"])})
-
-
-def _recipe_of(path: Path):
-    """The run's recipe, from the config saved beside the checkpoint (None if it cannot be imported)."""
-    import yaml
-
-    from worldtune.recipes import get_recipe
-
-    name = yaml.safe_load((path / "config.yaml").read_text()).get("recipe")
-    try:
-        return get_recipe(str(name))
-    except ValueError:
-        return None
 
 
 def _config_of(path: Path, recipe):

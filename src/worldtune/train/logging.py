@@ -18,13 +18,12 @@ JSON has no NaN/Infinity, so non-finite floats are stored as the strings "nan", 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import secrets
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,128 +33,16 @@ from tqdm.auto import tqdm
 from worldtune.config import LogConfig
 from worldtune.train import plots
 from worldtune.utils.atomic import write_text_atomic
+from worldtune.utils.logging import NullProgress, get_logger, progress
 
 METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_id.txt"
 LOSS_CURVE_FILE = "loss_curve.png"
 TENSORBOARD_DIR = "tensorboard"
 
-_LOG_FORMAT = "[worldtune %(asctime)s] %(message)s"
-_configured_loggers: set[str] = set()
-
 # Non-finite floats as written to JSONL (JSON itself has no NaN/Infinity).
 _NONFINITE_TO_STR = {math.inf: "inf", -math.inf: "-inf"}
 _STR_TO_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-# --------------------------------------------------------------------------- console logger
-
-
-class _TqdmStderrHandler(logging.Handler):
-    """Writes via `tqdm.write` to the *current* sys.stderr, so records never break a live bar
-    (and pytest's capture, which swaps sys.stderr, sees them)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:
-            self.handleError(record)
-
-
-def _is_nonzero_rank() -> bool:
-    rank = os.environ.get("RANK")
-    return rank is not None and rank != "0"
-
-
-def get_logger(name: str = "worldtune") -> logging.Logger:
-    """A stdlib logger printing "[worldtune HH:MM:SS] message" to stderr at INFO.
-
-    The handler is installed once on the top-level logger of `name` (so "worldtune.train.x"
-    shares "worldtune"'s handler); on ranks other than 0 (env RANK) only warnings and errors pass.
-    """
-    top = name.split(".", 1)[0]
-    if top not in _configured_loggers:
-        root = logging.getLogger(top)
-        handler = _TqdmStderrHandler()
-        handler.setFormatter(logging.Formatter(_LOG_FORMAT, datefmt="%H:%M:%S"))
-        root.addHandler(handler)
-        root.setLevel(logging.WARNING if _is_nonzero_rank() else logging.INFO)
-        # Our own handler prints it; propagating would print it twice under a configured root.
-        root.propagate = False
-        _configured_loggers.add(top)
-    return logging.getLogger(name)
-
-
-# --------------------------------------------------------------------------- progress bars
-
-
-class NullProgress:
-    """Stand-in for a tqdm bar that prints nothing; iterating still yields the items."""
-
-    def __init__(self, iterable: Iterable[Any] | None = None, *, total: int | None = None, initial: int = 0):
-        self.iterable = iterable
-        self.total = total
-        self.n = initial
-
-    def __iter__(self) -> Iterator[Any]:
-        if self.iterable is None:
-            return
-        for item in self.iterable:
-            yield item
-            self.n += 1
-
-    def __len__(self) -> int:
-        if self.total is not None:
-            return self.total
-        return len(self.iterable)  # type: ignore[arg-type]
-
-    def update(self, n: float = 1) -> None:
-        self.n += n  # type: ignore[assignment]
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def set_description(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def refresh(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> NullProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def progress(
-    iterable: Iterable[Any] | None = None,
-    *,
-    total: int | None = None,
-    desc: str = "",
-    initial: int = 0,
-    enabled: bool = True,
-    unit: str = "it",
-) -> tqdm | NullProgress:
-    """A tqdm bar with ETA on stderr for any long job; a silent `NullProgress` when not `enabled`."""
-    if not enabled:
-        return NullProgress(iterable, total=total, initial=initial)
-    # Redirected output (SLURM logs, nohup) cannot redraw in place: refresh rarely there so the
-    # log gets an occasional ETA line instead of thousands of carriage-return updates.
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        iterable,
-        total=total,
-        desc=desc,
-        initial=initial,
-        unit=unit,
-        dynamic_ncols=True,
-        mininterval=0.1 if interactive else 30.0,
-        file=sys.stderr,
-    )
 
 
 # --------------------------------------------------------------------------- console line

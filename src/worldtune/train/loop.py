@@ -1,6 +1,7 @@
 """The training loop shared by every recipe.
 
-    Trainer(load_config("configs/lam/train.yaml")).fit()
+    cfg = worldtune.systems.load_config("configs/lam/train.yaml")
+    Trainer(cfg, worldtune.systems.get_recipe(cfg.recipe)).fit()
 
 One optimizer step = `gradient_accumulation` micro-batches on every rank. Checkpoints are taken
 only between optimizer steps, so a resumed run repeats exactly the steps an uninterrupted run takes.
@@ -24,7 +25,6 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.utils.data import DataLoader, Subset
 
 from worldtune.config import ConfigError, RunConfig, to_yaml
-from worldtune.recipes import Parts, Recipe, get_recipe
 from worldtune.train import checkpoint as ckpt
 from worldtune.train.data import EpochBatchSampler, SeededDataset, derive_seed, move_to_device
 from worldtune.train.distributed import (
@@ -38,11 +38,13 @@ from worldtune.train.distributed import (
     shutdown,
 )
 from worldtune.train.ema import EMA
-from worldtune.train.logging import RunLogger, get_logger
+from worldtune.train.logging import RunLogger
 from worldtune.train.optim import build_optimizer, build_scheduler, load_scheduler_state, scheduler_state
+from worldtune.train.recipe import Parts, Recipe
 from worldtune.train.rng import capture_rng_state, restore_rng_state, seed_all
 from worldtune.train.stages import Stage, apply_trainable, plan_stages, stage_index_at, trainable_names
 from worldtune.train.validation import Validator
+from worldtune.utils.logging import get_logger
 
 log = get_logger()
 
@@ -72,9 +74,9 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, recipe: Recipe | None = None) -> None:
+    def __init__(self, cfg: RunConfig, recipe: Recipe) -> None:
         self.cfg = cfg
-        self.recipe = recipe or get_recipe(cfg.recipe)
+        self.recipe = recipe
         self.run_dir = Path(cfg.output_dir)
 
     # ------------------------------------------------------------------ setup

@@ -7,21 +7,30 @@ Runs under a forked RNG seeded from the run seed, so validating never changes th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader
 
-from worldtune.recipes import Parts
+from worldtune.config import RunConfig
 from worldtune.train.data import EpochBatchSampler, ItemKey, SeededDataset, move_to_device
-from worldtune.train.distributed import all_reduce_mean, autocast
+from worldtune.train.distributed import DistEnv, all_reduce_mean, autocast
+from worldtune.train.recipe import Parts, Recipe
 
-if TYPE_CHECKING:
-    from worldtune.train.loop import Trainer
+
+class TrainerView(Protocol):
+    """What validation reads from the trainer (the loop imports this module, not the reverse)."""
+
+    cfg: RunConfig
+    env: DistEnv
+    recipe: Recipe
+    model: torch.nn.Module
+    run_dir: Path
+    logger: Any  # RunLogger: log_videos(step, paths)
 
 
 class Validator:
-    def __init__(self, trainer: Trainer, parts: Parts) -> None:
+    def __init__(self, trainer: TrainerView, parts: Parts) -> None:
         self.trainer = trainer
         self.parts = parts
         cfg, env = trainer.cfg, trainer.env

@@ -1,7 +1,7 @@
 """Sequences of VAE latents from H5 files (seed 3, VVAE latent action model).
 
 Each ``DATA_DIR/*.h5`` file holds one video as ``[N_chunks, C=16, T_latent=2, H, W]``: chunks encoded
-independently (see :mod:`worldtune.data.vae_latents`). A sequence is ``sequence_length`` latent frames
+independently (see :mod:`worldtune.systems.lam.vae_latents`). A sequence is ``sequence_length`` latent frames
 cut from consecutive chunks of one file, the chunks concatenated along time. An item is::
 
     {"latents": float32 [C, sequence_length, H, W], "file": str, "start_chunk": int}
@@ -30,13 +30,13 @@ import torch
 from omegaconf import MISSING
 from torch.utils.data import Dataset
 
-from worldtune.data.formats.latent_h5_files import (
+from worldtune.systems.lam.latent_h5_files import (
     LatentFile,
     check_latent_file,
     chunks_per_sequence,
     open_latent_file,
 )
-from worldtune.data.formats.latent_h5_manifest import (
+from worldtune.systems.lam.latent_h5_manifest import (
     MANIFEST_FILE,
     SPLITS,
     LamManifest,

@@ -4,7 +4,7 @@ An episode folder holds ``latent_videos/<view>/0.pt`` and ``annotation/<view>.js
 written atomically, the annotations last, so an episode is complete once all of them exist
 (:func:`_episode_complete`, :func:`_load_done`). :func:`_check_marker` writes or checks the
 ``.worldtune_convert.json`` marker, and :func:`_convert_one` converts one recording into its folder.
-See :mod:`worldtune.data.ctrl_world_convert` for the whole output layout.
+See :mod:`worldtune.systems.ctrl_world.convert` for the whole output layout.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import h5py
 import numpy as np
 import torch
 
-from worldtune.data.ctrl_world_convert_recording import BadRecording, _Options, _Recording
-from worldtune.models.latent_spaces import LatentSpace
+from worldtune.models.encoders.latent_spaces import LatentSpace
+from worldtune.systems.ctrl_world.convert_recording import BadRecording, _Options, _Recording
 
 MARKER = ".worldtune_convert.json"
 MARKER_FORMAT = "worldtune.ctrl_world_convert.v1"

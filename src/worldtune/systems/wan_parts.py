@@ -19,7 +19,7 @@ from worldtune.models.wan.checkpoints import load_into
 from worldtune.models.wan.factory import build_wan, load_wan
 from worldtune.models.wan.sizes import WanConfig, wan_config
 from worldtune.train.distributed import DTYPES
-from worldtune.train.logging import get_logger
+from worldtune.utils.logging import get_logger
 
 log = get_logger()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from worldtune.config import RunConfig, to_yaml
-from worldtune.recipes import get_recipe
+from worldtune.train.recipe import Recipe
 from worldtune.train.stages import trainable_names
 
 
@@ -19,8 +19,7 @@ def parameter_table(model: nn.Module, trainable: set[str]) -> list[tuple[str, in
     return [(name, total, train) for name, (total, train) in rows.items()]
 
 
-def inspect_run(cfg: RunConfig) -> str:
-    recipe = get_recipe(cfg.recipe)
+def inspect_run(cfg: RunConfig, recipe: Recipe) -> str:
     parts = recipe.build(cfg)
     stages = cfg.train.training_stages or {"train": cfg.train}
     lines = ["# resolved config", to_yaml(cfg).rstrip(), "", "# parameters"]

@@ -26,7 +26,7 @@ Frames are kept every ``fps_downsample``-th (states and actions too), resized st
 ``height x width`` (bilinear, as upstream's ``extract_latent.py``) and encoded with the latent space.
 
 Samples. A sample ``{"episode_id": e, "frame_ids": [t]}`` names the *current* frame ``t``. The
-dataset (:mod:`worldtune.data.formats.ctrl_world`) builds a window around it: ``num_history``
+dataset (:mod:`worldtune.systems.ctrl_world.dataset`) builds a window around it: ``num_history``
 history frames ``t - num_history*history_stride, ..., t - history_stride``, then ``t``, then
 ``num_frames - 1`` future frames ``t + frame_stride, ...``. The converter lists every ``t`` whose
 window lies inside the episode: ``num_history*history_stride <= t <= T - 1 - (num_frames-1)*frame_stride``,
@@ -44,14 +44,14 @@ into the same folder is refused with the differences listed.
 
 Command line (mirrors the seed's ``flexiv_to_ctrlworld.py``)::
 
-    python -m worldtune.data.ctrl_world_convert --input_dir RECORDINGS \\
+    python -m worldtune.systems.ctrl_world.convert --input_dir RECORDINGS \\
         --output_dir dataset_example/flexiv_data --vae_path /models/stable-video-diffusion-img2vid \\
         --dataset_name flexiv_1113 --device cuda
 
 The work is split over sibling modules, all re-exported here: reading and checking recordings
-(:mod:`~worldtune.data.ctrl_world_convert_recording`), the episode layout, annotations and marker
-(:mod:`~worldtune.data.ctrl_world_convert_layout`) and the statistics, samples and meta info
-(:mod:`~worldtune.data.ctrl_world_convert_meta`); this module holds :func:`convert_recordings` and
+(:mod:`~worldtune.systems.ctrl_world.convert_recording`), the episode layout, annotations and marker
+(:mod:`~worldtune.systems.ctrl_world.convert_layout`) and the statistics, samples and meta info
+(:mod:`~worldtune.systems.ctrl_world.convert_meta`); this module holds :func:`convert_recordings` and
 the command line.
 """
 
@@ -65,7 +65,9 @@ from typing import Any
 
 import torch
 
-from worldtune.data.ctrl_world_convert_layout import (
+from worldtune.models.encoders.latent_spaces import LatentSpace, build_latent_space
+from worldtune.systems.ctrl_world.convert_args import DEFAULT_CAMERAS, DESCRIPTION, add_arguments
+from worldtune.systems.ctrl_world.convert_layout import (
     MARKER,
     MARKER_FORMAT,
     ConvertMismatchError,
@@ -77,7 +79,7 @@ from worldtune.data.ctrl_world_convert_layout import (
     annotation_relpath,
     latent_relpath,
 )
-from worldtune.data.ctrl_world_convert_meta import (
+from worldtune.systems.ctrl_world.convert_meta import (
     ConvertStats,
     meta_info_dir,
     min_episode_length,
@@ -85,8 +87,7 @@ from worldtune.data.ctrl_world_convert_meta import (
     split_episodes,
     write_meta_info,
 )
-from worldtune.data.ctrl_world_convert_recording import (
-    DEFAULT_CAMERAS,
+from worldtune.systems.ctrl_world.convert_recording import (
     FRAME_CHUNK,
     RECORDING_SUFFIXES,
     BadRecording,
@@ -94,9 +95,8 @@ from worldtune.data.ctrl_world_convert_recording import (
     _Options,
     list_recordings,
 )
-from worldtune.models.latent_spaces import LatentSpace, build_latent_space
-from worldtune.train.logging import get_logger
-from worldtune.train.logging import progress as progress_bar
+from worldtune.utils.logging import get_logger
+from worldtune.utils.logging import progress as progress_bar
 
 __all__ = [
     "DEFAULT_CAMERAS",
@@ -121,7 +121,7 @@ __all__ = [
     "write_meta_info",
 ]
 
-logger = get_logger("worldtune.data.ctrl_world_convert")
+logger = get_logger("worldtune.systems.ctrl_world.convert")
 
 
 # --------------------------------------------------------------------------------------- converter
@@ -248,40 +248,16 @@ def convert_recordings(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m worldtune.data.ctrl_world_convert",
-        description="Convert ALOHA-style HDF5 recordings to Ctrl-World latents (Flexiv layout).",
-    )
-    p.add_argument("--input_dir", required=True, help="folder of *.hdf5 / *.h5 recordings")
-    p.add_argument("--output_dir", required=True, help="e.g. dataset_example/flexiv_data")
-    p.add_argument("--dataset_name", required=True, help="meta info goes to <output_dir>_meta_info/<name>")
-    p.add_argument("--latent_space", default="svd", choices=["svd", "space_to_depth"])
-    p.add_argument("--vae_path", help="local SVD folder (with vae/) for --latent_space svd")
-    p.add_argument("--allow_download", action="store_true", help="allow --vae_path to be a hub id")
-    p.add_argument("--factor", type=int, default=4, help="space_to_depth factor")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--cameras", nargs="+", default=list(DEFAULT_CAMERAS))
-    p.add_argument("--image_key", default="observations/images")
-    p.add_argument("--state_key", default="observations/qpos")
-    p.add_argument("--action_key", default="action")
-    p.add_argument("--instruction_key", default="instruction")
-    p.add_argument("--height", type=int, default=192)
-    p.add_argument("--width", type=int, default=320)
-    p.add_argument("--fps_downsample", type=int, default=1)
-    p.add_argument("--fps", type=float, default=None, help="recording frame rate (default: file attribute)")
-    p.add_argument("--val_ratio", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--num_history", type=int, default=6)
-    p.add_argument("--num_frames", type=int, default=5)
-    p.add_argument("--history_stride", type=int, default=1)
-    p.add_argument("--frame_stride", type=int, default=1)
-    p.add_argument("--on_bad_sample", default="error", choices=["error", "skip"])
-    p.add_argument("--no_progress", action="store_true")
-    return p
+    parser = argparse.ArgumentParser(prog="python -m worldtune.systems.ctrl_world.convert", description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> ConvertStats:
-    a = build_parser().parse_args(argv)
+    return convert_from_args(build_parser().parse_args(argv))
+
+
+def convert_from_args(a: argparse.Namespace) -> ConvertStats:
     options: dict[str, Any] = {"device": a.device} if a.latent_space == "svd" else {}
     if a.latent_space == "svd":
         options["allow_download"] = a.allow_download

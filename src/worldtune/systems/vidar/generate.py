@@ -1,4 +1,4 @@
-"""Vidar's jobs besides training: `worldtune prepare cache` and `worldtune generate vidar`."""
+"""`worldtune generate vidar`: first frame + instruction -> video, from a run, a config or weights."""
 
 from __future__ import annotations
 
@@ -6,45 +6,12 @@ from pathlib import Path
 
 import torch
 
-from worldtune.config import ConfigError
-from worldtune.data.cache import CacheStats, build_cache
 from worldtune.data.video import resize_center_crop
 from worldtune.data.video_write import write_video
-from worldtune.recipes.vidar import RECIPE, VidarConfig, cache_settings, generate_latents
-from worldtune.recipes.wan_parts import dit_config, pad_text
-from worldtune.train.distributed import DTYPES
-from worldtune.train.logging import get_logger
-
-log = get_logger()
-
-
-def _device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def prepare_cache(cfg: VidarConfig, progress: bool = True) -> CacheStats:
-    """Encode every clip of both splits once: VAE latents + prompt embeddings, resumable."""
-    if not cfg.data.cache_dir:
-        raise ConfigError("data.cache_dir: set the directory the cache is written to")
-    if cfg.data.clip_sampling != "fixed":
-        raise ConfigError("data.clip_sampling: only fixed clips can be cached (random starts differ every epoch)")
-    parts = RECIPE.build_models(cfg)
-    device = _device()
-    vae, text = parts.frozen["vae"].to(device), parts.frozen["text_encoder"].to(device)
-    datasets = [d for d in (RECIPE.dataset(cfg, "train"), RECIPE.dataset(cfg, "val", required=False)) if d]
-    where = [(d, i) for d in datasets for i in range(len(d))]
-    keys = [d.clip_key(i) for d, i in where]
-
-    def compute(indices: list[int]) -> list[dict[str, torch.Tensor]]:
-        items = [where[i][0][where[i][1]] for i in indices]
-        video = torch.stack([item["video"] for item in items]).to(device, DTYPES[cfg.model.encoder_dtype])
-        latents = vae.encode(video).float().cpu()
-        embeds = text.encode([item["prompt"] for item in items])
-        return [{"latents": latents[j], "text_emb": embeds[j].float().cpu()} for j in range(len(items))]
-
-    shared = {"null_text": parts.extras["null_text"].float().cpu()}
-    return build_cache(cfg.data.cache_dir, keys, compute, cache_settings(cfg, dit_config(cfg.model)),
-                       batch_size=cfg.data.cache_batch_size, shared=shared, progress=progress)
+from worldtune.systems.vidar.config import VidarConfig
+from worldtune.systems.vidar.recipe import RECIPE, generate_latents
+from worldtune.systems.wan_parts import pad_text
+from worldtune.utils.device import default_device
 
 
 def load_image(path: str | Path, height: int, width: int) -> torch.Tensor:
@@ -69,7 +36,7 @@ def generate(cfg: VidarConfig, *, prompt: str, image: str | Path, out: str | Pat
     if not valid_num_frames(num_frames):
         raise ValueError(f"--frames {num_frames}: Wan needs 4k+1 frames (e.g. 81)")
     parts = RECIPE.build_models(cfg)
-    device = _device()
+    device = default_device()
     if weights is not None:
         report = parts.model.load_state_dict(weights, strict=False)
         if report.unexpected_keys or len(report.missing_keys) == len(list(parts.model.state_dict())):
@@ -91,18 +58,17 @@ def generate(cfg: VidarConfig, *, prompt: str, image: str | Path, out: str | Pat
 
 def generation_config(args) -> tuple[VidarConfig, dict[str, torch.Tensor] | None]:
     """The config and DiT weights `worldtune generate vidar` runs with (see its --help)."""
-    from worldtune.config import build_config, load_config, parse_overrides, read_yaml
+    from worldtune.config import build_config, load_config, parse_overrides
     from worldtune.models.wan.checkpoints import read_state_dict
-    from worldtune.train.export import find_checkpoint, load_weights
+    from worldtune.train.run import load_run
 
     overrides = _flag_overrides(args) + list(args.set)
     weights = None
     if args.run:
-        tree = read_yaml(Path(args.run) / "config.yaml")
-        cfg = build_config(VidarConfig, _merge(tree, parse_overrides(overrides)), source=args.run)
-        weights = load_weights(find_checkpoint(args.run))
+        run = load_run(args.run, RECIPE, overrides=overrides)
+        cfg, weights = run.cfg, run.weights()
     elif args.config:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, schema_of=_vidar_schema)
     else:
         cfg = build_config(VidarConfig, parse_overrides(["recipe=vidar", "output_dir=.", *overrides]))
     if args.weights:
@@ -110,14 +76,16 @@ def generation_config(args) -> tuple[VidarConfig, dict[str, torch.Tensor] | None
     return cfg, weights
 
 
+def _vidar_schema(recipe: str) -> type[VidarConfig]:
+    from worldtune.config import ConfigError
+
+    if recipe != "vidar":
+        raise ConfigError(f"generate vidar: the config's recipe is {recipe!r}, not vidar")
+    return VidarConfig
+
+
 def _flag_overrides(args) -> list[str]:
     flags = {"model.ckpt_dir": args.base, "model.sampling.num_inference_steps": args.steps,
              "model.sampling.guidance_scale": args.guidance, "model.sampling.shift": args.shift,
              "model.sampling.scheduler": args.scheduler, "data.height": args.height, "data.width": args.width}
     return [f"{key}={value}" for key, value in flags.items() if value is not None]
-
-
-def _merge(tree, overrides):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.merge(tree, overrides)

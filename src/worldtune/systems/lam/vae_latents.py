@@ -38,9 +38,9 @@ from worldtune.data.video import (
     to_model_range,
 )
 from worldtune.models.encoders.vae import WanVAE
-from worldtune.train.logging import progress as progress_bar
+from worldtune.utils.logging import progress as progress_bar
 
-logger = logging.getLogger("worldtune.data.vae_latents")
+logger = logging.getLogger("worldtune.systems.lam.vae_latents")
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi")
 FORMAT = "worldtune.latent_h5.v1"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worldtune.train.logging import get_logger
+from worldtune.utils.logging import get_logger
 
 log = get_logger()
 
@@ -88,11 +88,12 @@ def run_demo(out: str | Path = "runs/demo", *, episodes: int = 48, steps: int = 
     (num_history, num_frames, batch_size, learning_rate, model_overrides, ...).
     """
     from worldtune.config import build_config
-    from worldtune.data.ctrl_world_convert import convert_recordings
     from worldtune.data.toyenv import generate_dataset
-    from worldtune.models.latent_spaces import SpaceToDepthLatents
-    from worldtune.recipes.ctrl_world import CtrlWorldRunConfig
-    from worldtune.recipes.ctrl_world_tools import evaluate
+    from worldtune.models.encoders.latent_spaces import SpaceToDepthLatents
+    from worldtune.systems.ctrl_world.config import CtrlWorldRunConfig
+    from worldtune.systems.ctrl_world.convert import convert_recordings
+    from worldtune.systems.ctrl_world.evaluate import evaluate
+    from worldtune.systems.ctrl_world.recipe import RECIPE
     from worldtune.train.loop import Trainer
 
     out = Path(out)
@@ -120,7 +121,7 @@ def run_demo(out: str | Path = "runs/demo", *, episodes: int = 48, steps: int = 
     phase("conversion_s")
     run_config = demo_config(out, steps, image_size, views=len(cameras), **train_settings)
     cfg = build_config(CtrlWorldRunConfig, run_config, source="worldtune demo")
-    Trainer(cfg).fit()
+    Trainer(cfg, RECIPE).fit()
     phase("training_s")
     report = evaluate(out / "run", split="val", chunks=chunks, max_episodes=eval_episodes, starts=eval_starts)
     _write_example(out, cfg, video_chunks)
@@ -133,16 +134,14 @@ def run_demo(out: str | Path = "runs/demo", *, episodes: int = 48, steps: int = 
 
 
 def _write_example(out: Path, cfg, chunks: int) -> None:
-    from worldtune.data.formats.ctrl_world import load_episode
-    from worldtune.recipes.ctrl_world_tools import (
-        load_run,
-        rollout,
-        rollout_starts,
-        split_episode_ids,
-        write_rollout_video,
-    )
+    from worldtune.systems.ctrl_world.dataset import load_episode
+    from worldtune.systems.ctrl_world.evaluate import split_episode_ids
+    from worldtune.systems.ctrl_world.recipe import RECIPE
+    from worldtune.systems.ctrl_world.rollout import rollout, rollout_starts, write_rollout_video
+    from worldtune.train.run import load_run
 
-    cfg, model = load_run(out / "run")
+    loaded = load_run(out / "run", RECIPE)
+    cfg, model = loaded.cfg, loaded.model()
     episode_id = split_episode_ids(cfg, "val")[0]
     episode = load_episode(cfg.data.dataset_root, episode_id, cfg.data.views, cfg.data.layout, split="val")
     starts = rollout_starts(cfg, len(episode.latents), chunks, 3)  # from mid-episode: the robot is moving

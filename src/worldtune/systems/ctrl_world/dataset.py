@@ -2,7 +2,7 @@
 
 Layouts (``layout="auto"`` picks "droid" when ``<dataset_root>/annotation/<split>`` exists, else "flexiv"):
 
-- "flexiv" (written by :mod:`worldtune.data.ctrl_world_convert`): ``<root>/<ep>/latent_videos/<view>/0.pt``
+- "flexiv" (written by :mod:`worldtune.systems.ctrl_world.convert`): ``<root>/<ep>/latent_videos/<view>/0.pt``
   and ``<root>/<ep>/annotation/<view>.json`` (one annotation per view; paths in it are relative to
   the episode folder).
 - "droid" (upstream Ctrl-World): ``<root>/annotation/<split>/<ep>.json`` whose
@@ -45,9 +45,9 @@ import torch
 from omegaconf import MISSING
 from torch.utils.data import Dataset
 
-from worldtune.train.logging import get_logger
+from worldtune.utils.logging import get_logger
 
-logger = get_logger("worldtune.data.formats.ctrl_world")
+logger = get_logger("worldtune.systems.ctrl_world.dataset")
 
 PathLike = str | os.PathLike[str]
 LAYOUTS = ("auto", "flexiv", "droid")

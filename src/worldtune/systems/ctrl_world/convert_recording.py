@@ -3,7 +3,7 @@
 :func:`list_recordings` lists the ``*.hdf5`` / ``*.h5`` files of the input folder; :class:`_Recording`
 opens one, checks cameras, states and actions (keys, shapes, lengths, NaN/inf, dims, episode length)
 and reads / resizes / encodes its frames a chunk at a time. Any problem raises :class:`BadRecording`.
-See :mod:`worldtune.data.ctrl_world_convert` for the recording layout.
+See :mod:`worldtune.systems.ctrl_world.convert` for the recording layout.
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from worldtune.models.latent_spaces import LatentSpace, frames_to_model_range
-from worldtune.train.logging import get_logger
+from worldtune.models.encoders.latent_spaces import LatentSpace, frames_to_model_range
+from worldtune.utils.logging import get_logger
 
-logger = get_logger("worldtune.data.ctrl_world_convert")
+logger = get_logger("worldtune.systems.ctrl_world.convert")
 
 PathLike = str | os.PathLike[str]
 
 RECORDING_SUFFIXES = (".hdf5", ".h5")
-DEFAULT_CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 FRAME_CHUNK = 32  # frames read, resized and encoded at a time
 
 

@@ -11,41 +11,23 @@ reports PASS / FAIL against the seed's criteria (MSE < 0.01, MAE < 0.05).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from worldtune.config import ConfigError, RunConfig
-from worldtune.data.formats.latent_h5 import LatentH5Config, LatentSequenceDataset
-from worldtune.models.lam import LamConfig, VVAELatentActionVQVAE
-from worldtune.recipes.base import Parts, Recipe
-from worldtune.recipes.lam_restart import DeadCodeRestart
-from worldtune.train.logging import get_logger
+from worldtune.config import ConfigError
+from worldtune.models.lam import VVAELatentActionVQVAE
+from worldtune.systems.lam.config import LamRunConfig, lam_config
+from worldtune.systems.lam.latent_h5 import LatentH5Config, LatentSequenceDataset
+from worldtune.systems.lam.restart import DeadCodeRestart
+from worldtune.train.recipe import Parts, Recipe
+from worldtune.utils.logging import get_logger
 
 log = get_logger()
 
 # The seed's overfit criteria.
 PASS_MSE, PASS_MAE = 0.01, 0.05
-
-
-@dataclass
-class LamModelSection(LamConfig):
-    # Decoder steps on its own predictions (2 = one extra step); 0 or 1 disables rollout training.
-    rollout_horizon: int = 0
-    rollout_weight: float = 1.0
-
-
-@dataclass
-class LamRunConfig(RunConfig):
-    model: LamModelSection = field(default_factory=LamModelSection)
-    data: LatentH5Config = field(default_factory=LatentH5Config)
-
-
-def lam_config(section: LamModelSection) -> LamConfig:
-    names = {f.name for f in dataclasses.fields(LamConfig)}
-    return LamConfig(**{k: v for k, v in dataclasses.asdict(section).items() if k in names})
 
 
 def transitions(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +44,7 @@ class LamRecipe(Recipe):
         model_cfg = lam_config(cfg.model)
         if cfg.data.channels != model_cfg.in_channels:
             raise ConfigError(f"model.in_channels {model_cfg.in_channels} != data.channels {cfg.data.channels}")
-        model = VVAELatentActionVQVAE(model_cfg)
+        model = self.build_model(cfg)
         # Dead codes restart after each optimiser step, the same on one rank or many (lam_restart).
         threshold = model_cfg.dead_code_threshold
         model.quantizer.dead_code_threshold = 0
@@ -70,6 +52,9 @@ class LamRecipe(Recipe):
         train = LatentSequenceDataset(dataclasses.replace(cfg.data, split="train"))
         val = _optional_split(cfg.data, "val")
         return Parts(model=model, train_dataset=train, val_dataset=val, extras={"cfg": cfg, "restart": restart})
+
+    def build_model(self, cfg: LamRunConfig) -> VVAELatentActionVQVAE:
+        return VVAELatentActionVQVAE(lam_config(cfg.model))
 
     def loss(self, parts: Parts, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         latents = batch["latents"].float()
@@ -114,7 +99,7 @@ class LamRecipe(Recipe):
         return {"restarted_codes": float(restart.apply(parts.model.quantizer))}
 
     def describe_data(self, parts: Parts) -> str | None:
-        from worldtune.data.formats.latent_h5 import describe
+        from worldtune.systems.lam.latent_h5 import describe
 
         return describe(parts.train_dataset)
 

@@ -10,69 +10,18 @@ frozen. `worldtune export` writes `checkpoint-<N>.pt` (keys `unet.*`, `action_en
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from worldtune.config import ConfigError, RunConfig
-from worldtune.data.formats.ctrl_world import CtrlWorldDataConfig, CtrlWorldDataset
+from worldtune.config import ConfigError
 from worldtune.models.svd_world import CtrlWorldModel
-from worldtune.recipes.base import Parts, Recipe
-from worldtune.train.logging import get_logger
+from worldtune.systems.ctrl_world.config import CtrlWorldRunConfig
+from worldtune.systems.ctrl_world.dataset import CtrlWorldDataConfig, CtrlWorldDataset
+from worldtune.train.recipe import Parts, Recipe
+from worldtune.utils.logging import get_logger
 
 log = get_logger()
-
-
-@dataclass
-class CtrlWorldModelConfig:
-    # svd: the published SVD img2vid UNet (from svd_path/unet, else random); tiny: a CPU-sized UNet.
-    size: str = "svd"
-    # Stable Video Diffusion folder (unet/, vae/); the VAE decodes validation and rollout videos.
-    svd_path: str | None = None
-    # A pretrained Ctrl-World `checkpoint-N.pt` (or our export) loaded with strict=False.
-    ckpt_path: str | None = None
-    # How the converter encoded frames: svd (SVD VAE latents x scaling factor) | space_to_depth.
-    latent_space: str = "svd"
-    space_to_depth_factor: int = 4
-    latent_channels: int = 4
-    action_dim: int = 7
-    # The instruction's CLIP text embedding added to the action tokens (needs clip_path).
-    text_cond: bool = True
-    clip_path: str | None = None
-    frame_level_cond: bool = True
-    his_cond_zero: bool = False
-    motion_bucket_id: int = 127
-    fps: int = 7
-    cfg_drop: float = 0.05
-    guidance_scale: float = 2.0
-    num_inference_steps: int = 25
-    # EDM: training log-sigma ~ N(p_mean, p_std); the sampler's Karras schedule spans sigma_min..sigma_max;
-    # history frames get sigma ~ |N(0, history_noise)|, the condition frame sigma ~ U(0, cond_noise_max).
-    p_mean: float = 0.7
-    p_std: float = 1.6
-    sigma_min: float = 0.002
-    sigma_max: float = 700.0
-    sigma_data: float = 1.0
-    history_noise: float = 0.3
-    cond_noise_max: float = 0.2
-    # Denoise the change from the current frame (not upstream; for small models trained from scratch).
-    residual: bool = False
-    # Action dimensions encoded as their change from the current frame, times relative_action_scale (not
-    # upstream; [] = absolute poses as upstream). The demo uses [0..5] (pose) and keeps the gripper absolute.
-    relative_action_dims: list[int] = field(default_factory=list)
-    relative_action_scale: float = 1.0
-    # tiny size only: UNet widths, cross-attention width, action MLP widths.
-    tiny_block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
-    tiny_cross_attention_dim: int = 32
-    tiny_action_widths: list[int] = field(default_factory=lambda: [64, 64])
-    tiny_num_attention_heads: int = 8
-
-
-@dataclass
-class CtrlWorldRunConfig(RunConfig):
-    model: CtrlWorldModelConfig = field(default_factory=CtrlWorldModelConfig)
-    data: CtrlWorldDataConfig = field(default_factory=CtrlWorldDataConfig)
 
 
 def build_world_model(cfg: CtrlWorldRunConfig) -> CtrlWorldModel:
@@ -117,6 +66,9 @@ class CtrlWorldRecipe(Recipe):
         parts.val_dataset = _optional(cfg.data, "val")
         return parts
 
+    def build_model(self, cfg: CtrlWorldRunConfig) -> CtrlWorldModel:
+        return build_world_model(cfg)
+
     def build_models(self, cfg: CtrlWorldRunConfig) -> Parts:
         model = build_world_model(cfg)
         if cfg.model.ckpt_path:
@@ -154,7 +106,7 @@ class CtrlWorldRecipe(Recipe):
 
 
 def latent_space(cfg: CtrlWorldRunConfig):
-    from worldtune.models.latent_spaces import build_latent_space
+    from worldtune.models.encoders.latent_spaces import build_latent_space
 
     return build_latent_space(cfg.model.latent_space, svd_path=cfg.model.svd_path,
                               factor=cfg.model.space_to_depth_factor)

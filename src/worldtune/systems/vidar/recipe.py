@@ -8,12 +8,11 @@ reads precomputed latents when `data.cache_dir` is set (`worldtune prepare cache
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from worldtune.config import ConfigError, RunConfig
+from worldtune.config import ConfigError
 from worldtune.data.formats.episodes import EpisodeClipDataset, EpisodeDataConfig, collate_episodes
 from worldtune.diffusion.flow_matching import (
     drop_conditions,
@@ -23,29 +22,15 @@ from worldtune.diffusion.flow_matching import (
     ti2v_token_timesteps,
     to_timestep,
 )
-from worldtune.recipes.base import Parts, Recipe
-from worldtune.recipes.wan_parts import (
-    WanModelConfig,
+from worldtune.systems.vidar.config import VidarConfig
+from worldtune.systems.wan_parts import (
     build_dit,
     build_text_encoder,
     build_vae,
     dit_config,
     pad_text,
 )
-
-
-@dataclass
-class VidarDataConfig(EpisodeDataConfig):
-    # Precomputed latents + prompt embeddings (`worldtune prepare cache`); null decodes videos.
-    cache_dir: str | None = None
-    # Items encoded per batch while building the cache.
-    cache_batch_size: int = 4
-
-
-@dataclass
-class VidarConfig(RunConfig):
-    model: WanModelConfig = field(default_factory=WanModelConfig)
-    data: VidarDataConfig = field(default_factory=VidarDataConfig)
+from worldtune.train.recipe import Parts, Recipe
 
 
 class VidarRecipe(Recipe):

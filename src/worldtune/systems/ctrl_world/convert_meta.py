@@ -3,7 +3,7 @@
 :func:`write_meta_info` writes ``stat.json`` (per-dimension state / action percentiles, mean, std),
 ``train_sample.json`` and ``val_sample.json`` into :func:`meta_info_dir`; the samples are every
 frame whose window fits the episode (:func:`sample_frame_ids`), split by episode
-(:func:`split_episodes`). See :mod:`worldtune.data.ctrl_world_convert` for the sample windows.
+(:func:`split_episodes`). See :mod:`worldtune.systems.ctrl_world.convert` for the sample windows.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from worldtune.data.ctrl_world_convert_layout import _Episode, _write_json
-from worldtune.data.ctrl_world_convert_recording import PathLike
-from worldtune.train.logging import get_logger
+from worldtune.systems.ctrl_world.convert_layout import _Episode, _write_json
+from worldtune.systems.ctrl_world.convert_recording import PathLike
+from worldtune.utils.logging import get_logger
 
-logger = get_logger("worldtune.data.ctrl_world_convert")
+logger = get_logger("worldtune.systems.ctrl_world.convert")
 
 
 @dataclass

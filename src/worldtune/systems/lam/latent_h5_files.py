@@ -11,7 +11,7 @@ from pathlib import Path
 
 import h5py
 
-from worldtune.data.formats.latent_h5_manifest import LatentDataError
+from worldtune.systems.lam.latent_h5_manifest import LatentDataError
 
 LATENT_RANK = 5  # [N_chunks, C, T_latent, H, W]
 

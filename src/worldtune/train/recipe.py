@@ -50,6 +50,11 @@ class Recipe:
     def build(self, cfg: RunConfig) -> Parts:
         raise NotImplementedError
 
+    def build_model(self, cfg: RunConfig) -> nn.Module:
+        """The trainable root alone, without data or frozen helpers: what `load_run` puts a
+        checkpoint's weights into. The default builds everything and keeps the model."""
+        return self.build(cfg).model
+
     def loss(self, parts: Parts, batch: Any) -> dict[str, torch.Tensor]:
         """Returns {"loss": scalar tensor, other metric name: scalar tensor, ...}."""
         raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Evaluation: image and video metrics, and the reports every `worldtune eval <system>` writes."""

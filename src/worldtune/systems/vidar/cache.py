@@ -1,0 +1,38 @@
+"""`worldtune prepare cache`: every clip's VAE latents and prompt embeddings, encoded once."""
+
+from __future__ import annotations
+
+import torch
+
+from worldtune.config import ConfigError
+from worldtune.data.cache import CacheStats, build_cache
+from worldtune.systems.vidar.config import VidarConfig
+from worldtune.systems.vidar.recipe import RECIPE, cache_settings
+from worldtune.systems.wan_parts import dit_config
+from worldtune.train.distributed import DTYPES
+from worldtune.utils.device import default_device
+
+
+def prepare_cache(cfg: VidarConfig, progress: bool = True) -> CacheStats:
+    """Encode every clip of both splits once: VAE latents + prompt embeddings, resumable."""
+    if not cfg.data.cache_dir:
+        raise ConfigError("data.cache_dir: set the directory the cache is written to")
+    if cfg.data.clip_sampling != "fixed":
+        raise ConfigError("data.clip_sampling: only fixed clips can be cached (random starts differ every epoch)")
+    parts = RECIPE.build_models(cfg)
+    device = default_device()
+    vae, text = parts.frozen["vae"].to(device), parts.frozen["text_encoder"].to(device)
+    datasets = [d for d in (RECIPE.dataset(cfg, "train"), RECIPE.dataset(cfg, "val", required=False)) if d]
+    where = [(d, i) for d in datasets for i in range(len(d))]
+    keys = [d.clip_key(i) for d, i in where]
+
+    def compute(indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        items = [where[i][0][where[i][1]] for i in indices]
+        video = torch.stack([item["video"] for item in items]).to(device, DTYPES[cfg.model.encoder_dtype])
+        latents = vae.encode(video).float().cpu()
+        embeds = text.encode([item["prompt"] for item in items])
+        return [{"latents": latents[j], "text_emb": embeds[j].float().cpu()} for j in range(len(items))]
+
+    shared = {"null_text": parts.extras["null_text"].float().cpu()}
+    return build_cache(cfg.data.cache_dir, keys, compute, cache_settings(cfg, dit_config(cfg.model)),
+                       batch_size=cfg.data.cache_batch_size, shared=shared, progress=progress)
