@@ -156,8 +156,8 @@ def test_config_reaches_the_model(tmp_path):
            "history_noise": 0.0, "cond_noise_max": 0.05, "residual": True, "relative_action_scale": 8.0}
     cfg = load_config(TINY, [f"data.dataset_root={tmp_path}", "model.tiny_num_attention_heads=2",
                              "model.relative_action_dims=[0,1,2]", *(f"model.{k}={v}" for k, v in edm.items())])
-    model = build_world_model(cfg)
+    model = build_world_model(cfg.model)
     assert {k: getattr(model.config, k) for k in edm} == edm
-    assert model.config.relative_action_dims == (0, 1, 2)
+    assert model.config is cfg.model and list(model.config.relative_action_dims) == [0, 1, 2]
     heads = {m.heads for m in model.unet.modules() if type(m).__name__ == "Attention"}
     assert heads == {2}

@@ -43,9 +43,9 @@ def test_reader_items(converted):
     ds = reader(out)
     stat = json.loads((base / "flexiv_data_meta_info/flexiv_1113/stat.json").read_text())
     item = ds[0]
-    assert item["latent"].shape == (11, 48, 3 * (H // 4), W // 4) and item["latent"].dtype == torch.float32
-    assert item["action"].shape == (11, D) and item["action"].dtype == torch.float32
-    assert item["text"] == "pick up the cube"
+    assert item["latents"].shape == (11, 48, 3 * (H // 4), W // 4) and item["latents"].dtype == torch.float32
+    assert item["actions"].shape == (11, D) and item["actions"].dtype == torch.float32
+    assert item["prompt"] == "pick up the cube"
     ep, t = ds.samples[0]["episode_id"], ds.samples[0]["frame_ids"][0]
     assert item["episode_id"] == ep
     assert item["frame_ids"].tolist() == list(range(t - 6, t + 5))
@@ -53,27 +53,27 @@ def test_reader_items(converted):
     h = H // 4
     for k, v in enumerate((0, 1, 2)):
         lat = torch.load(out / f"{ep}/latent_videos/{v}/0.pt", weights_only=True)
-        torch.testing.assert_close(item["latent"][:, :, k * h : (k + 1) * h], lat[item["frame_ids"]])
+        torch.testing.assert_close(item["latents"][:, :, k * h : (k + 1) * h], lat[item["frame_ids"]])
     # States normalised with the 1st / 99th percentiles, clipped to [-1, 1].
     expected = np.clip(
         2 * (recs[ep]["states"][item["frame_ids"].numpy()] - np.array(stat["state_01"]))
         / (np.array(stat["state_99"]) - np.array(stat["state_01"]) + 1e-8) - 1, -1, 1,
     )  # fmt: skip
-    np.testing.assert_allclose(item["action"].numpy(), expected, rtol=1e-5, atol=1e-6)
-    assert all(reader(out)[i]["action"].abs().max() <= 1.0 for i in range(len(ds)))
+    np.testing.assert_allclose(item["actions"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert all(reader(out)[i]["actions"].abs().max() <= 1.0 for i in range(len(ds)))
     # Other view order, and the recorded actions instead of the states.
     swapped = reader(out, views=[2, 0], action_key="actions")[0]
-    assert swapped["latent"].shape == (11, 48, 2 * h, W // 4)
-    torch.testing.assert_close(swapped["latent"][:, :, :h], item["latent"][:, :, 2 * h :])
+    assert swapped["latents"].shape == (11, 48, 2 * h, W // 4)
+    torch.testing.assert_close(swapped["latents"][:, :, :h], item["latents"][:, :, 2 * h :])
     lo, hi = np.array(stat["action_01"]), np.array(stat["action_99"])
     np.testing.assert_allclose(
-        swapped["action"].numpy(),
+        swapped["actions"].numpy(),
         normalise_actions(recs[ep]["actions"][item["frame_ids"].numpy()], lo, hi),
         rtol=1e-5,
         atol=1e-6,
     )
     batch = torch.utils.data.default_collate([ds[0], ds[1]])
-    assert batch["latent"].shape == (2, 11, 48, 3 * h, W // 4)
+    assert batch["latents"].shape == (2, 11, 48, 3 * h, W // 4)
 
 
 def test_reader_frame_ids_clip_and_strides(converted):
@@ -85,9 +85,9 @@ def test_reader_frame_ids_clip_and_strides(converted):
     item = ds[0]
     t = ds.samples[0]["frame_ids"][0]
     assert t == 6 and item["frame_ids"].tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 15]
-    assert item["latent"].shape[0] == 14 and item["action"].shape[0] == 14
+    assert item["latents"].shape[0] == 14 and item["actions"].shape[0] == 14
     # A clipped frame repeats the first latent frame.
-    torch.testing.assert_close(item["latent"][0], item["latent"][2])
+    torch.testing.assert_close(item["latents"][0], item["latents"][2])
 
 
 def test_reader_errors(converted, tmp_path):
@@ -167,14 +167,14 @@ def test_droid_layout(tmp_path):
     )
     assert ds.layout == "droid"
     item = ds[0]
-    assert item["latent"].shape == (11, 4, 72, 40) and item["text"] == "task 7"
+    assert item["latents"].shape == (11, 4, 72, 40) and item["prompt"] == "task 7"
     assert item["frame_ids"].tolist() == [4, 5, 6, 7, 8, 9, 10, 11, 11, 11, 11]
     assert (
-        item["latent"][0, 0, 0, 0] == 40
-        and item["latent"][0, 0, 24, 0] == 41
-        and item["latent"][-1, 0, 48, 0] == 112
+        item["latents"][0, 0, 0, 0] == 40
+        and item["latents"][0, 0, 24, 0] == 41
+        and item["latents"][-1, 0, 48, 0] == 112
     )
-    assert item["action"].abs().max() <= 1.0
+    assert item["actions"].abs().max() <= 1.0
     assert ds[1]["frame_ids"].tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
     with pytest.raises(KeyError, match="action_01"):
         CtrlWorldDataset(

@@ -1,6 +1,6 @@
-"""Ctrl-World SVD world model: frame-level UNet parity and context routing, action encoder, EDM loss
-(preconditioning, weighting, future-only frames, CFG drop), sampler (schedule, fixed history, guidance),
-sizes and views."""
+"""Ctrl-World SVD world model (models/svd_world: frame-level UNet parity and context routing, action
+encoder, sizes, views) and its EDM loss and sampler (systems/ctrl_world/world_edm over diffusion/edm:
+preconditioning, weighting, future-only frames, CFG drop, schedule, fixed history, guidance)."""
 
 from __future__ import annotations
 
@@ -11,26 +11,28 @@ import torch
 from diffusers import EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionOutput
 
+from worldtune.diffusion.edm import Precond, karras_sigmas
 from worldtune.models.svd_world import (
     ActionEncoder,
     CtrlWorldModel,
     FrameLevelUNet,
-    Precond,
-    karras_sigmas,
     split_views,
     stack_views,
     svd_unet_config,
     tiny_unet_config,
 )
+from worldtune.systems.ctrl_world import world_edm
+from worldtune.systems.ctrl_world.config import CtrlWorldModelConfig
 
 H, F, C, A = 2, 3, 4, 7  # history frames, predicted frames, latent channels, action dim
 
 
-def make_model(seed: int = 0, **config) -> CtrlWorldModel:
+def make_model(seed: int = 0, latent_channels: int = C, text_dim: int | None = None, latent_scale: float = 1.0,
+               **settings) -> tuple[CtrlWorldModel, CtrlWorldModelConfig]:
+    """A tiny model and the `model:` section it was built from (its conditioning and the EDM settings)."""
     torch.manual_seed(seed)
-    config.setdefault("num_history", H)
-    config.setdefault("num_frames", F)
-    return CtrlWorldModel.tiny(config.pop("latent_channels", C), action_dim=A, **config)
+    m = CtrlWorldModelConfig(size="tiny", **settings)
+    return CtrlWorldModel.tiny(m, latent_channels, action_dim=A, text_dim=text_dim, latent_scale=latent_scale), m
 
 
 def batch(b: int = 2, c: int = C, h: int = 8, w: int = 8, seed: int = 1):
@@ -129,9 +131,9 @@ def test_action_encoder_shapes_and_text_modes():
 
 
 def test_training_loss_finite_and_gradients_reach_encoder_and_unet():
-    model = make_model(text_dim=16)
+    model, m = make_model(text_dim=16)
     latents, actions = batch()
-    out = model.training_loss(latents, actions, torch.randn(2, 16), generator=gen())
+    out = world_edm.training_loss(model, m, H, latents, actions, torch.randn(2, 16), generator=gen())
     assert torch.isfinite(out["loss"]) and out["loss_per_sample"].shape == (2,)
     out["loss"].backward()
     cross = model.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
@@ -144,8 +146,10 @@ def test_training_loss_finite_and_gradients_reach_encoder_and_unet():
         assert p.grad is not None and p.grad.abs().sum() > 0
     # one context token per frame: the softmax over a single key is 1, so to_q / to_k get no gradient
     assert cross.to_k.weight.grad.abs().sum() == 0
-    with pytest.raises(ValueError):
-        model.training_loss(latents[:, 1:], actions[:, 1:])
+    with pytest.raises(ValueError, match="expected latents"):
+        world_edm.training_loss(model, m, H, latents[:, 1:], actions)  # frames of latents and actions differ
+    with pytest.raises(ValueError, match="expected latents"):
+        world_edm.training_loss(model, m, H, latents[:, :H], actions[:, :H])  # history only, nothing to denoise
 
 
 def _record_unet_calls(model: CtrlWorldModel, store: list, zero_output: bool = False, echo: bool = False):
@@ -163,14 +167,14 @@ def _record_unet_calls(model: CtrlWorldModel, store: list, zero_output: bool = F
 
 
 def test_training_inputs_follow_the_edm_recipe():
-    model = make_model(history_noise=0.0, cond_noise_max=0.0, latent_scale=0.5, cfg_drop=0.0)
+    model, m = make_model(history_noise=0.0, cond_noise_max=0.0, latent_scale=0.5, cfg_drop=0.0)
     latents, actions = batch(b=2, h=16, w=16)
     latents[:, H:] = 0  # future frames zero -> their noisy input is c_in * sigma * n
     latents[:, H] = torch.randn(2, C, 16, 16, generator=gen(3))  # current frame
     calls: list = []
     handle = _record_unet_calls(model, calls)
     sigma = torch.tensor([80.0, 0.5])
-    out = model.training_loss(latents, actions, sigma=sigma, generator=gen())
+    out = world_edm.training_loss(model, m, H, latents, actions, sigma=sigma, generator=gen())
     handle.remove()
     sample, timestep, context = calls[0]
     assert sample.shape == (2, H + F, 2 * C, 16, 16)
@@ -179,18 +183,18 @@ def test_training_inputs_follow_the_edm_recipe():
     cond = (latents[:, H] / 0.5)[:, None].expand(2, H + F, C, 16, 16)
     torch.testing.assert_close(sample[:, :, C:], cond)  # current frame / latent_scale, on every frame
     assert abs(sample[0, H + 1 :, :C].std().item() - 1.0) < 0.05  # c_in * (0 + 80 n) ~ n
-    torch.testing.assert_close(context, model.encode_context(actions))
+    torch.testing.assert_close(context, model.encode_context(actions, H))
     torch.testing.assert_close(out["weight"], (sigma**2 + 1) / sigma**2)
     torch.testing.assert_close(out["sigma"], sigma)
 
 
 def test_edm_weighting_with_a_zero_network():
-    model = make_model(cfg_drop=0.0)
+    model, m = make_model(cfg_drop=0.0)
     latents, actions = batch(b=2, h=16, w=16)
     latents.zero_()
     sigma = torch.tensor([0.3, 4.0])
     handle = _record_unet_calls(model, [], zero_output=True)
-    out = model.training_loss(latents, actions, sigma=sigma, generator=gen())
+    out = world_edm.training_loss(model, m, H, latents, actions, sigma=sigma, generator=gen())
     handle.remove()
     # x0_hat = c_skip * sigma * n, so weight * mse = mean(n^2) / (sigma^2 + 1), mean(n^2) ~ 1
     torch.testing.assert_close(out["loss_per_sample"], 1 / (sigma**2 + 1), rtol=0.1, atol=0)
@@ -225,11 +229,12 @@ def test_residual_model_denoises_the_change_from_the_current_frame():
     sigma = torch.tensor([0.3, 4.0])
     losses, samples = {}, {}
     for residual in (False, True):
-        model = make_model(cfg_drop=0.0, residual=residual).eval()
+        model, m = make_model(cfg_drop=0.0, residual=residual)
+        model.eval()
         handle = _record_unet_calls(model, [], zero_output=True)
         clip = still if residual else torch.zeros_like(still)
-        losses[residual] = model.training_loss(clip, actions, sigma=sigma, generator=gen())["loss_per_sample"]
-        samples[residual] = model.sample(latents[:, : H + 1], actions, num_inference_steps=4, generator=gen())
+        losses[residual] = world_edm.training_loss(model, m, H, clip, actions, sigma=sigma, generator=gen())["loss_per_sample"]
+        samples[residual] = world_edm.sample(model, m, H, latents[:, : H + 1], actions, num_inference_steps=4, generator=gen())
         handle.remove()
     torch.testing.assert_close(losses[True], losses[False])
     current = latents[:, H : H + 1].expand(-1, F, -1, -1, -1)
@@ -240,27 +245,27 @@ def test_relative_action_dims_encode_the_change_from_the_current_frame():
     """Chosen dimensions reach the encoder as `(a_t - a_current) * scale`, the rest unchanged; a model with
     relative pose dims gives the same context for the same motion from two different poses."""
     _, actions = batch()
-    model = make_model(relative_action_dims=(0, 2), relative_action_scale=4.0)
-    out = model.relative_actions(actions)
+    model, m = make_model(relative_action_dims=[0, 2], relative_action_scale=4.0)
+    out = model.relative_actions(actions, H)
     torch.testing.assert_close(out[..., [0, 2]], (actions[..., [0, 2]] - actions[:, H : H + 1, [0, 2]]) * 4.0)
     torch.testing.assert_close(out[..., [1, 3, 4, 5, 6]], actions[..., [1, 3, 4, 5, 6]])
     assert torch.equal(out[:, H, [0, 2]], torch.zeros(2, 2))
     shifted = actions.clone()
     shifted[..., [0, 2]] += 0.5
-    torch.testing.assert_close(model.encode_context(shifted), model.encode_context(actions))
-    assert make_model().relative_actions(actions) is actions  # upstream: absolute
+    torch.testing.assert_close(model.encode_context(shifted, H), model.encode_context(actions, H))
+    assert make_model()[0].relative_actions(actions, H) is actions  # upstream: absolute
     with pytest.raises(ValueError, match=r"relative_action_dims \[7\]"):
-        make_model(relative_action_dims=(7,))
+        make_model(relative_action_dims=[7])
 
 
 def test_loss_covers_only_frames_after_the_history():
     """The network echoes its (noisy) input, so history frames produce outputs; they must not be scored."""
-    model = make_model(cfg_drop=0.0)
+    model, m = make_model(cfg_drop=0.0)
     latents, actions = batch()
     handle = _record_unet_calls(model, [], echo=True)
 
     def loss(x):
-        return model.training_loss(x, actions, sigma=torch.tensor([1.5, 0.4]), generator=gen(5))["loss"]
+        return world_edm.training_loss(model, m, H, x, actions, sigma=torch.tensor([1.5, 0.4]), generator=gen(5))["loss"]
 
     base = loss(latents)
     changed = latents.clone()
@@ -274,32 +279,32 @@ def test_loss_covers_only_frames_after_the_history():
 
 
 def test_cfg_drop_rate_and_train_mode_only():
-    model = make_model(cfg_drop=0.3)
+    model, m = make_model(cfg_drop=0.3)
     context = torch.ones(20000, 2, 3)
-    dropped_ctx, dropped = model.drop_context(context, gen())
+    dropped_ctx, dropped = world_edm.drop_context(context, m.cfg_drop, gen())
     assert abs(dropped.float().mean().item() - 0.3) < 0.02
     assert torch.equal(dropped_ctx[dropped], torch.zeros_like(dropped_ctx[dropped]))
     assert torch.equal(dropped_ctx[~dropped], context[~dropped])
 
-    model = make_model(cfg_drop=1.0)
+    model, m = make_model(cfg_drop=1.0)
     latents, actions = batch()
     calls: list = []
     handle = _record_unet_calls(model, calls)
-    assert model.training_loss(latents, actions, generator=gen())["dropped"].all()
+    assert world_edm.training_loss(model, m, H, latents, actions, generator=gen())["dropped"].all()
     model.eval()
-    assert not model.training_loss(latents, actions, generator=gen())["dropped"].any()
+    assert not world_edm.training_loss(model, m, H, latents, actions, generator=gen())["dropped"].any()
     handle.remove()
     assert calls[0][2].abs().sum() == 0 and calls[1][2].abs().sum() > 0
 
 
 def test_a_few_steps_reduce_the_loss():
-    model = make_model(cfg_drop=0.0)
+    model, m = make_model(cfg_drop=0.0)
     latents, actions = batch(b=2)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sigma = torch.tensor([1.0, 2.0])
     losses = []
     for _ in range(8):
-        loss = model.training_loss(latents, actions, sigma=sigma, generator=gen(11))["loss"]
+        loss = world_edm.training_loss(model, m, H, latents, actions, sigma=sigma, generator=gen(11))["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -337,11 +342,12 @@ def test_karras_sigmas_match_svd_scheduler():
 
 
 def test_sample_shape_and_fixed_history():
-    model = make_model(latent_scale=0.5).eval()
+    model, m = make_model(latent_scale=0.5)
+    model.eval()
     latents, actions = batch()
     calls: list = []
     handle = _record_unet_calls(model, calls)
-    out = model.sample(
+    out = world_edm.sample(model, m, H, 
         latents[:, : H + 1], actions, num_inference_steps=3, guidance_scale=2.0, generator=gen()
     )
     handle.remove()
@@ -354,17 +360,18 @@ def test_sample_shape_and_fixed_history():
         assert torch.equal(sample[:, :, C:], cond.repeat(2, 1, 1, 1, 1))
         assert context[:2].abs().sum() == 0 and context[2:].abs().sum() > 0
     with pytest.raises(ValueError):
-        model.sample(latents[:, :H], actions)
+        world_edm.sample(model, m, H, latents[:, :H], actions)
 
 
 def test_guidance_one_is_the_conditional_euler_of_svds_scheduler():
-    model = make_model().eval()
+    model, m = make_model()
+    model.eval()
     latents, actions = batch(b=1)
     history, steps = latents[:, : H + 1], 4
     noise = torch.randn(1, F, C, 8, 8, generator=gen(9))
     calls: list = []
     handle = _record_unet_calls(model, calls)
-    ours = model.sample(history, actions, num_inference_steps=steps, guidance_scale=1.0, noise=noise)
+    ours = world_edm.sample(model, m, H, history, actions, num_inference_steps=steps, guidance_scale=1.0, noise=noise)
     handle.remove()
     assert all(c[0].shape[0] == 1 for c in calls)  # no unconditional pass
 
@@ -373,7 +380,7 @@ def test_guidance_one_is_the_conditional_euler_of_svds_scheduler():
     sch.set_timesteps(steps)
     x = noise * sch.sigmas[0]
     cond = latents[:, H : H + 1].expand(1, H + F, C, 8, 8)
-    ctx = model.encode_context(actions)
+    ctx = model.encode_context(actions, H)
     ids = torch.tensor([[7.0, 127.0, 0.0]])
     with torch.no_grad():
         for t in sch.timesteps:
@@ -383,7 +390,7 @@ def test_guidance_one_is_the_conditional_euler_of_svds_scheduler():
     torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
 
     # the CFG path at guidance ~1 reduces to the conditional one; real guidance changes the result
-    near_one = model.sample(
+    near_one = world_edm.sample(model, m, H, 
         history,
         actions,
         num_inference_steps=steps,
@@ -392,9 +399,9 @@ def test_guidance_one_is_the_conditional_euler_of_svds_scheduler():
         noise=noise,
     )
     torch.testing.assert_close(near_one, ours, rtol=1e-3, atol=1e-3)
-    strong = model.sample(history, actions, num_inference_steps=steps, guidance_scale=3.0, noise=noise)
+    strong = world_edm.sample(model, m, H, history, actions, num_inference_steps=steps, guidance_scale=3.0, noise=noise)
     assert not torch.allclose(strong, ours, atol=1e-3)
-    heun = model.sample(
+    heun = world_edm.sample(model, m, H, 
         history, actions, num_inference_steps=2, guidance_scale=1.0, noise=noise, solver="heun"
     )
     assert heun.shape == ours.shape and torch.isfinite(heun).all()
@@ -412,7 +419,7 @@ def test_svd_size_parameter_count_matches_diffusers():
     assert 1.5e9 < n_ours < 1.55e9
     assert sum(p.numel() for p in model.action_encoder.parameters()) == (7 + 1024 + 1024 + 3) * 1024
     assert model.action_encoder.text_mode == "repeat"  # CLIP's 512 tiled to 1024, as upstream
-    assert model.config.latent_scale == pytest.approx(0.18215) and model.config.num_history == 6
+    assert model.latent_scale == pytest.approx(0.18215)
 
 
 def test_diffusers_weights_load_through_from_svd(tmp_path):
@@ -433,10 +440,10 @@ def test_views_and_48_channel_pixel_latents():
     with pytest.raises(ValueError):
         split_views(stacked, 5)
 
-    model = make_model(latent_channels=48)
+    model, m = make_model(latent_channels=48)
     assert model.unet.config.in_channels == 96 and model.unet.config.out_channels == 48
     latents = stack_views([torch.randn(1, H + F, 48, 2, 4) for _ in range(3)])  # 3 views, 6 x 4
     actions = torch.randn(1, H + F, A)
-    assert math.isfinite(model.training_loss(latents, actions, generator=gen())["loss"].item())
-    out = model.eval().sample(latents[:, : H + 1], actions, num_inference_steps=2)
+    assert math.isfinite(world_edm.training_loss(model, m, H, latents, actions, generator=gen())["loss"].item())
+    out = world_edm.sample(model.eval(), m, H, latents[:, : H + 1], actions, num_inference_steps=2)
     assert out.shape == (1, F, 48, 6, 4)

@@ -34,6 +34,9 @@ class Parts:
     blocks: list[nn.Module] | None = None
     # Names usable in `trainable_models` besides module paths, e.g. {"lora": "*lora_*"}.
     trainable_aliases: dict[str, str] = field(default_factory=dict)
+    # The run config the parts were built from (the recipe's own RunConfig subclass): loss and sample
+    # read their typed sections from it (`parts.cfg.model`).
+    cfg: RunConfig | None = None
     # Anything else the recipe's loss / sample need (noise schedulers, statistics, ...).
     extras: dict[str, Any] = field(default_factory=dict)
 

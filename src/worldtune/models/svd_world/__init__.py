@@ -3,10 +3,10 @@
 - `FrameLevelUNet`: diffusers' `UNetSpatioTemporalConditionModel` (same weights) whose `forward` can
   give each frame's spatial cross-attention only its own context token(s) (`frame_level=True`).
 - `ActionEncoder`: per-frame action MLP (+ the instruction's text embedding) -> one token per frame.
-- `CtrlWorldModel`: history frames + channel-concatenated current frame + per-frame actions; EDM
-  training loss (`training_loss`) and a Karras-sigma Euler/Heun sampler with classifier-free guidance
-  on the action context (`sample`). `CtrlWorldConfig` holds the recipe constants.
-- `karras_sigmas`, `Precond` (EDM coefficients in SVD's v-prediction sign), `stack_views` / `split_views`.
+- `CtrlWorldModel`: history frames + channel-concatenated current frame + per-frame actions -> the
+  UNet's output; `CtrlWorldConfig` holds its conditioning settings. Its EDM loss and sampler are in
+  `worldtune.systems.ctrl_world.world_edm` (over `worldtune.diffusion.edm`).
+- `stack_views` / `split_views`.
 
 Shapes: latents `[B, H + F, C, h, w]` (H history frames, frame H = current observation), actions
 `[B, H + F, A]`; the model predicts frames `H .. H+F-1` (the current frame included, as upstream).
@@ -14,9 +14,9 @@ Multi-view images are the views stacked along height.
 """
 
 from .action import ActionEncoder
-from .edm import Precond, karras_sigmas, split_views, stack_views
 from .model import SVD_LATENT_SCALE, CtrlWorldConfig, CtrlWorldModel
 from .unet import FrameLevelUNet, svd_unet_config, tiny_unet_config
+from .views import split_views, stack_views
 
 __all__ = [
     "SVD_LATENT_SCALE",
@@ -24,8 +24,6 @@ __all__ = [
     "CtrlWorldConfig",
     "CtrlWorldModel",
     "FrameLevelUNet",
-    "Precond",
-    "karras_sigmas",
     "split_views",
     "stack_views",
     "svd_unet_config",

@@ -5,13 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from worldtune.config import RunConfig
+from worldtune.models.svd_world import CtrlWorldConfig
 from worldtune.systems.ctrl_world.dataset import CtrlWorldDataConfig
 
 __all__ = ["CtrlWorldDataConfig", "CtrlWorldModelConfig", "CtrlWorldRunConfig"]
 
 
 @dataclass
-class CtrlWorldModelConfig:
+class CtrlWorldModelConfig(CtrlWorldConfig):
+    """The world model: the network's conditioning (`CtrlWorldConfig`: frame_level_cond, his_cond_zero,
+    motion_bucket_id, fps, noise_aug_strength, relative_action_dims / _scale), plus what it is built
+    from and how it is trained and sampled (EDM)."""
+
     # svd: the published SVD img2vid UNet (from svd_path/unet, else random); tiny: a CPU-sized UNet.
     size: str = "svd"
     # Stable Video Diffusion folder (unet/, vae/); the VAE decodes validation and rollout videos.
@@ -26,10 +31,7 @@ class CtrlWorldModelConfig:
     # The instruction's CLIP text embedding added to the action tokens (needs clip_path).
     text_cond: bool = True
     clip_path: str | None = None
-    frame_level_cond: bool = True
-    his_cond_zero: bool = False
-    motion_bucket_id: int = 127
-    fps: int = 7
+    # Per-sample probability of zeroing the whole context in training (classifier-free guidance).
     cfg_drop: float = 0.05
     guidance_scale: float = 2.0
     num_inference_steps: int = 25
@@ -44,10 +46,6 @@ class CtrlWorldModelConfig:
     cond_noise_max: float = 0.2
     # Denoise the change from the current frame (not upstream; for small models trained from scratch).
     residual: bool = False
-    # Action dimensions encoded as their change from the current frame, times relative_action_scale (not
-    # upstream; [] = absolute poses as upstream). The demo uses [0..5] (pose) and keeps the gripper absolute.
-    relative_action_dims: list[int] = field(default_factory=list)
-    relative_action_scale: float = 1.0
     # tiny size only: UNet widths, cross-attention width, action MLP widths.
     tiny_block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
     tiny_cross_attention_dim: int = 32

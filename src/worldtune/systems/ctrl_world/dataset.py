@@ -15,9 +15,9 @@ from the dataset name alone (the seed's bug #3); a missing file is an error nami
 
 An item, for a sample ``{"episode_id": e, "frame_ids": [t]}``::
 
-    latent     float [num_history + num_frames, C, V*h, w]   views stacked along height, in `views` order
-    action     float [num_history + num_frames, D]           annotation[action_key], normalised to [-1, 1]
-    text       str                                           the instruction (texts[0])
+    latents    float [num_history + num_frames, C, V*h, w]   views stacked along height, in `views` order
+    actions    float [num_history + num_frames, D]           annotation[action_key], normalised to [-1, 1]
+    prompt     str                                           the instruction (texts[0])
     episode_id the sample's episode id
     frame_ids  long  [num_history + num_frames]              the latent frames used
 
@@ -45,6 +45,8 @@ import torch
 from omegaconf import MISSING
 from torch.utils.data import Dataset
 
+from worldtune.data import keys
+from worldtune.data.errors import DataError
 from worldtune.utils.logging import get_logger
 
 logger = get_logger("worldtune.systems.ctrl_world.dataset")
@@ -74,14 +76,15 @@ class CtrlWorldDataConfig:
     on_bad_sample: str = "error"  # "error" | "skip" (log, count, use the next sample)
 
 
-class BadCtrlWorldSample(ValueError):
+class BadCtrlWorldSample(DataError):
     """An episode cannot be used; the message names the file and the problem."""
 
     def __init__(self, episode: Any, path: PathLike, problem: str) -> None:
+        super().__init__(path, problem)
         self.episode = str(episode)
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+
+    def _constructor_args(self) -> tuple[Any, ...]:
+        return self.episode, self.path, self.problem
 
 
 # --------------------------------------------------------------------------------- config / paths
@@ -440,9 +443,9 @@ class CtrlWorldDataset(Dataset):
         latent = _stack_views(files, [lat[index] for lat in latents])
         action = normalise_actions(values[ids], self.p01, self.p99)
         return {
-            "latent": latent.contiguous(),
-            "action": torch.from_numpy(np.asarray(action, dtype=np.float32)),
-            "text": _text(files),
-            "episode_id": episode,
-            "frame_ids": index,
+            keys.LATENTS: latent.contiguous(),
+            keys.ACTIONS: torch.from_numpy(np.asarray(action, dtype=np.float32)),
+            keys.PROMPT: _text(files),
+            keys.EPISODE_ID: episode,
+            keys.FRAME_IDS: index,
         }

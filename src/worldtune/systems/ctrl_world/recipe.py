@@ -15,8 +15,10 @@ from typing import Any
 import torch
 
 from worldtune.config import ConfigError
-from worldtune.models.svd_world import CtrlWorldModel
-from worldtune.systems.ctrl_world.config import CtrlWorldRunConfig
+from worldtune.data import keys
+from worldtune.models.svd_world import SVD_LATENT_SCALE, CtrlWorldModel
+from worldtune.systems.ctrl_world import world_edm
+from worldtune.systems.ctrl_world.config import CtrlWorldModelConfig, CtrlWorldRunConfig
 from worldtune.systems.ctrl_world.dataset import CtrlWorldDataConfig, CtrlWorldDataset
 from worldtune.train.recipe import Parts, Recipe
 from worldtune.utils.logging import get_logger
@@ -24,27 +26,23 @@ from worldtune.utils.logging import get_logger
 log = get_logger()
 
 
-def build_world_model(cfg: CtrlWorldRunConfig) -> CtrlWorldModel:
-    m, d = cfg.model, cfg.data
-    common = dict(num_history=d.num_history, num_frames=d.num_frames, frame_level=m.frame_level_cond,
-                  his_cond_zero=m.his_cond_zero, motion_bucket_id=m.motion_bucket_id, fps=m.fps,
-                  cfg_drop=m.cfg_drop, latent_scale=0.18215 if m.latent_space == "svd" else 1.0,
-                  p_mean=m.p_mean, p_std=m.p_std, sigma_min=m.sigma_min, sigma_max=m.sigma_max, sigma_data=m.sigma_data,
-                  history_noise=m.history_noise, cond_noise_max=m.cond_noise_max, residual=m.residual,
-                  relative_action_dims=tuple(m.relative_action_dims), relative_action_scale=m.relative_action_scale)
+def build_world_model(m: CtrlWorldModelConfig) -> CtrlWorldModel:
+    """The world model the `model` section describes (the section is the model's config)."""
     text_dim = 512 if m.text_cond else None
+    latent_scale = SVD_LATENT_SCALE if m.latent_space == "svd" else 1.0
     if m.size == "tiny":
         unet = {"block_out_channels": tuple(m.tiny_block_out_channels),
                 "cross_attention_dim": m.tiny_cross_attention_dim, "num_attention_heads": m.tiny_num_attention_heads}
-        return CtrlWorldModel.tiny(latent_channels=m.latent_channels, action_dim=m.action_dim, text_dim=text_dim,
-                                   action_widths=tuple(m.tiny_action_widths), unet_kwargs=unet, **common)
+        return CtrlWorldModel.tiny(m, m.latent_channels, action_dim=m.action_dim, text_dim=text_dim,
+                                   action_widths=tuple(m.tiny_action_widths), unet_kwargs=unet,
+                                   latent_scale=latent_scale)
     if m.size != "svd":
         raise ConfigError(f"model.size: expected svd or tiny, got {m.size!r}")
     if m.svd_path:
-        return CtrlWorldModel.from_svd(m.svd_path, subfolder="unet", action_dim=m.action_dim, text_dim=text_dim,
-                                       **common)
+        return CtrlWorldModel.from_svd(m.svd_path, m, subfolder="unet", action_dim=m.action_dim, text_dim=text_dim,
+                                       latent_scale=latent_scale)
     log.warning("model.svd_path is not set: the SVD UNet starts from random weights")
-    return CtrlWorldModel.svd(action_dim=m.action_dim, text_dim=text_dim, **common)
+    return CtrlWorldModel.svd(m, action_dim=m.action_dim, text_dim=text_dim, latent_scale=latent_scale)
 
 
 def load_pretrained(model: torch.nn.Module, path: str) -> None:
@@ -67,16 +65,16 @@ class CtrlWorldRecipe(Recipe):
         return parts
 
     def build_model(self, cfg: CtrlWorldRunConfig) -> CtrlWorldModel:
-        return build_world_model(cfg)
+        return build_world_model(cfg.model)
 
     def build_models(self, cfg: CtrlWorldRunConfig) -> Parts:
-        model = build_world_model(cfg)
+        model = build_world_model(cfg.model)
         if cfg.model.ckpt_path:
             load_pretrained(model, cfg.model.ckpt_path)
         frozen = {}
         if cfg.model.text_cond:
             frozen["text_encoder"] = ClipText.load(cfg.model.clip_path)
-        return Parts(model=model, train_dataset=None, frozen=frozen, extras={"cfg": cfg})
+        return Parts(model=model, train_dataset=None, frozen=frozen, cfg=cfg)
 
     @staticmethod
     def text_embedding(parts: Parts, texts: list[str]) -> torch.Tensor | None:
@@ -84,19 +82,20 @@ class CtrlWorldRecipe(Recipe):
         return None if encoder is None else encoder(texts)
 
     def loss(self, parts: Parts, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        text = self.text_embedding(parts, list(batch["text"]))
-        out = parts.model.training_loss(batch["latent"].float(), batch["action"].float(), text)
+        cfg = parts.cfg
+        text = self.text_embedding(parts, list(batch[keys.PROMPT]))
+        out = world_edm.training_loss(parts.model, cfg.model, cfg.data.num_history, batch[keys.LATENTS].float(),
+                                      batch[keys.ACTIONS].float(), text)
         return {"loss": out["loss"], "mse": out["mse"].mean().detach()}
 
     @torch.no_grad()
     def sample(self, parts: Parts, batch: dict[str, Any]) -> dict[str, Any]:
         """Predict each validation item's future frames from its history, current frame and actions."""
-        cfg = parts.extras["cfg"]
-        latents = batch["latent"].float()
+        cfg = parts.cfg
+        latents = batch[keys.LATENTS].float()
         history = latents[:, : cfg.data.num_history + 1]
-        future = parts.model.sample(history, batch["action"].float(), self.text_embedding(parts, list(batch["text"])),
-                                    num_inference_steps=cfg.model.num_inference_steps,
-                                    guidance_scale=cfg.model.guidance_scale)
+        text = self.text_embedding(parts, list(batch[keys.PROMPT]))
+        future = world_edm.sample(parts.model, cfg.model, cfg.data.num_history, history, batch[keys.ACTIONS].float(), text)
         prediction = torch.cat([history, future[:, 1:]], dim=1)
         space = latent_space(cfg)
         return {"video": decode_video(space, prediction), "target": decode_video(space, latents)}

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldtune.systems.ctrl_world import world_edm
 from worldtune.systems.ctrl_world.config import CtrlWorldRunConfig
 from worldtune.systems.ctrl_world.dataset import (
     CtrlWorldEpisode,
@@ -65,8 +66,7 @@ def rollout(model, cfg: CtrlWorldRunConfig, episode: CtrlWorldEpisode, chunks: i
         now = start + chunk * new_per_chunk
         ids = window_frame_ids(now, total, d.num_history, d.num_frames, d.history_stride, d.frame_stride)
         history = torch.stack([frames[i] for i in ids[: d.num_history + 1]])[None]
-        future = model.sample(history, actions[ids][None], text_emb, num_inference_steps=cfg.model.num_inference_steps,
-                              guidance_scale=cfg.model.guidance_scale, generator=generator)[0]
+        future = world_edm.sample(model, cfg.model, d.num_history, history, actions[ids][None], text_emb, generator=generator)[0]
         frames.extend(_fill_strided(frames[-1], future[1:], d.frame_stride))
     end = start + 1 + chunks * new_per_chunk
     return Rollout(torch.stack(frames[start + 1:end]), episode.latents[start + 1:end].float(), start)

@@ -51,7 +51,8 @@ class LamRecipe(Recipe):
         restart = DeadCodeRestart(threshold) if threshold else None
         train = LatentSequenceDataset(dataclasses.replace(cfg.data, split="train"))
         val = _optional_split(cfg.data, "val")
-        return Parts(model=model, train_dataset=train, val_dataset=val, extras={"cfg": cfg, "restart": restart})
+        return Parts(model=model, train_dataset=train, val_dataset=val, cfg=cfg,
+                     extras={"restart": restart})
 
     def build_model(self, cfg: LamRunConfig) -> VVAELatentActionVQVAE:
         return VVAELatentActionVQVAE(lam_config(cfg.model))
@@ -71,10 +72,10 @@ class LamRecipe(Recipe):
             "perplexity": out.perplexity,
         }
         loss = mse + out.vq_loss
-        horizon = parts.extras["cfg"].model.rollout_horizon
+        horizon = parts.cfg.model.rollout_horizon
         if horizon >= 2:
             rollout = self.rollout_loss(parts.model, latents, out, horizon)
-            loss = loss + parts.extras["cfg"].model.rollout_weight * rollout
+            loss = loss + parts.cfg.model.rollout_weight * rollout
             metrics["rollout_loss"] = rollout.detach()
         return {"loss": loss, **metrics}
 

@@ -57,7 +57,7 @@ class VidarRecipe(Recipe):
         vae = build_vae(cfg.model, wan)
         self._check_geometry(cfg, wan, vae)
         frozen = {"vae": vae}
-        extras = {"cfg": cfg, "text_len": wan.text_len, "patch": wan.patch_size}
+        extras = {"text_len": wan.text_len, "patch": wan.patch_size}
         if with_text_encoder:
             frozen["text_encoder"] = text = build_text_encoder(cfg.model, wan)
             extras["null_text"] = text.encode([cfg.model.sampling.negative_prompt])[0]
@@ -67,6 +67,7 @@ class VidarRecipe(Recipe):
             collate_fn=collate_episodes,
             frozen=frozen,
             trainable_aliases={"lora": "*lora_*", "dit": "all", "auto": "lora" if cfg.model.lora_rank else "all"},
+            cfg=cfg,
             extras=extras,
         )
 
@@ -108,7 +109,7 @@ class VidarRecipe(Recipe):
         return latents.to(device), pad_text([t.to(device) for t in text], parts.extras["text_len"])
 
     def loss(self, parts: Parts, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        model_cfg = parts.extras["cfg"].model
+        model_cfg = parts.cfg.model
         x0, text = self.encode(parts, batch)
         text, _ = drop_conditions(text, self._null(parts, text), model_cfg.cfg_prob)
         sigma = model_cfg.timestep.sample(x0.shape[0], device=x0.device)
@@ -149,7 +150,7 @@ def generate_latents(parts: Parts, text: torch.Tensor, first_frame_latent: torch
     """TI2V sampling with classifier-free guidance from the configured scheduler."""
     from worldtune.diffusion.samplers import make_scheduler, sample_flow
 
-    sampling = parts.extras["cfg"].model.sampling
+    sampling = parts.cfg.model.sampling
     device = text.device
     noise = torch.randn(shape, generator=generator, device=generator.device if generator else device).to(device)
     uncond = VidarRecipe._null(parts, text).expand_as(text) if sampling.guidance_scale != 1.0 else None

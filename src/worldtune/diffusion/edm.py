@@ -1,8 +1,9 @@
-"""EDM preconditioning in SVD's convention, the Karras sigma schedule, and the multi-view helpers."""
+"""EDM (Karras et al. 2022) in SVD's convention: preconditioning, log-normal training noise levels, the
+Karras sigma schedule and its Euler / Heun ODE sampler. Used by Ctrl-World (`systems/ctrl_world/world_edm.py`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,13 +57,26 @@ def karras_sigmas(
     return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
 
 
-def stack_views(views: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Views `[..., C, h, w]` -> one image `[..., C, V*h, w]` (stacked along height, view 0 on top)."""
-    return torch.cat(list(views), dim=-2)
+def log_normal_sigmas(batch: int, p_mean: float, p_std: float, device: torch.device | str = "cpu",
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training noise levels `[batch]`: `log(sigma) ~ N(p_mean, p_std)`."""
+    return (torch.randn(batch, device=device, generator=generator) * p_std + p_mean).exp()
 
 
-def split_views(x: torch.Tensor, num_views: int) -> list[torch.Tensor]:
-    """Inverse of `stack_views`: `[..., C, V*h, w]` -> `V` tensors `[..., C, h, w]`."""
-    if x.shape[-2] % num_views:
-        raise ValueError(f"height {x.shape[-2]} is not a multiple of {num_views} views")
-    return list(x.chunk(num_views, dim=-2))
+def solve_ode(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
+              solver: str = "euler") -> torch.Tensor:
+    """Integrate the probability-flow ODE from `x` (noise at `sigmas[0]`) down `sigmas` with Euler steps
+    (diffusers' `EulerDiscreteScheduler`) or Heun's second-order correction; `denoise(x, sigma)` is x0_hat."""
+    if solver not in ("euler", "heun"):
+        raise ValueError(f"unknown solver {solver!r} (euler | heun)")
+
+    def slope(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return (x - denoise(x, sigma)) / sigma
+
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        d = slope(x, sigma)
+        x_next = x + (sigma_next - sigma) * d
+        if solver == "heun" and sigma_next > 0:
+            x_next = x + (sigma_next - sigma) * (d + slope(x_next, sigma_next)) / 2
+        x = x_next
+    return x
