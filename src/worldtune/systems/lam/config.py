@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from worldtune.config import RunConfig
@@ -12,6 +11,8 @@ from worldtune.systems.lam.latent_h5 import LatentH5Config
 
 @dataclass
 class LamModelSection(LamConfig):
+    """The VQ-VAE (`LamConfig`, which the model takes as is) plus rollout training."""
+
     # Decoder steps on its own predictions (2 = one extra step); 0 or 1 disables rollout training.
     rollout_horizon: int = 0
     rollout_weight: float = 1.0
@@ -21,8 +22,3 @@ class LamModelSection(LamConfig):
 class LamRunConfig(RunConfig):
     model: LamModelSection = field(default_factory=LamModelSection)
     data: LatentH5Config = field(default_factory=LatentH5Config)
-
-
-def lam_config(section: LamModelSection) -> LamConfig:
-    names = {f.name for f in dataclasses.fields(LamConfig)}
-    return LamConfig(**{k: v for k, v in dataclasses.asdict(section).items() if k in names})

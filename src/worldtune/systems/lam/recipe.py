@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from worldtune.config import ConfigError
 from worldtune.models.lam import VVAELatentActionVQVAE
-from worldtune.systems.lam.config import LamRunConfig, lam_config
+from worldtune.systems.lam.config import LamRunConfig
 from worldtune.systems.lam.latent_h5 import LatentH5Config, LatentSequenceDataset
 from worldtune.systems.lam.restart import DeadCodeRestart
 from worldtune.train.recipe import Parts, Recipe
@@ -41,7 +41,7 @@ class LamRecipe(Recipe):
     config_class = LamRunConfig
 
     def build(self, cfg: LamRunConfig) -> Parts:
-        model_cfg = lam_config(cfg.model)
+        model_cfg = cfg.model
         if cfg.data.channels != model_cfg.in_channels:
             raise ConfigError(f"model.in_channels {model_cfg.in_channels} != data.channels {cfg.data.channels}")
         model = self.build_model(cfg)
@@ -55,7 +55,7 @@ class LamRecipe(Recipe):
                      extras={"restart": restart})
 
     def build_model(self, cfg: LamRunConfig) -> VVAELatentActionVQVAE:
-        return VVAELatentActionVQVAE(lam_config(cfg.model))
+        return VVAELatentActionVQVAE(cfg.model)  # the section is a LamConfig
 
     def loss(self, parts: Parts, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         latents = batch["latents"].float()

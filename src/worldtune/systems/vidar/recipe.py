@@ -8,12 +8,13 @@ reads precomputed latents when `data.cache_dir` is set (`worldtune prepare cache
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from worldtune.config import ConfigError
-from worldtune.data.formats.episodes import EpisodeClipDataset, EpisodeDataConfig, collate_episodes
+from worldtune.data.formats.episodes import EpisodeClipDataset, collate_episodes
 from worldtune.diffusion.flow_matching import (
     drop_conditions,
     flow_matching_loss,
@@ -79,11 +80,8 @@ class VidarRecipe(Recipe):
                               f"{multiple} (VAE stride {vae.spatial_stride} x patch {wan.patch_size[1]})")
 
     def dataset(self, cfg: VidarConfig, split: str, cache=None, required: bool = True):
-        from dataclasses import asdict
-
-        fields = {k: v for k, v in asdict(cfg.data).items() if k in EpisodeDataConfig.__dataclass_fields__}
-        try:
-            episodes = EpisodeClipDataset(EpisodeDataConfig(**{**fields, "split": split}))
+        try:  # the data section is an EpisodeDataConfig (plus the cache's settings)
+            episodes = EpisodeClipDataset(dataclasses.replace(cfg.data, split=split))
         except ValueError:
             if required:
                 raise
