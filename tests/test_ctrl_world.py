@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import REPO, step_metric, subprocess_env
+from test_eval_metrics import _MeanFeatures, lpips_files
 from worldtune.cli import main
 from worldtune.data.toyenv import generate_dataset
 from worldtune.data.video import probe_video
@@ -90,6 +91,18 @@ def test_train_kill_resume_rollout_and_evaluate(dataset, tmp_path):
         assert 0 < report[name]["psnr"] < 100 and -1 <= report[name]["ssim"] <= 1
     assert main(["eval", "ctrl-world", str(run), "--starts", "3"]) == 0  # prints a table, writes the JSON
     assert json.loads((run / "eval" / "ctrl_world_val.json").read_text())["model"] == report["model"]
+
+    # LPIPS and FVD from weight files the user supplies (random ones here, in the published names)
+    backbone, linear = lpips_files(tmp_path)
+    torch.jit.script(_MeanFeatures()).save(str(tmp_path / "features.pt"))
+    assert main(["eval", "ctrl-world", str(run), "--starts", "3", "--json", str(tmp_path / "p.json"),
+                 "--lpips_backbone", str(backbone), "--lpips_linear", str(linear),
+                 "--fvd_network", str(tmp_path / "features.pt")]) == 0
+    perceptual = json.loads((tmp_path / "p.json").read_text())
+    for name in ("model", "repeat_last_frame", "other_actions"):
+        assert perceptual[name]["psnr"] == report[name]["psnr"]  # the same rollouts
+        assert perceptual[name]["lpips"] > 0 and perceptual[name]["fvd"] >= 0
+        assert all("lpips" in view and "fvd" in view for view in perceptual[name]["per_view"])
 
 
 def test_rollout_starts_spread_over_the_episode(dataset):

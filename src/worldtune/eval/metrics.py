@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -28,10 +30,20 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor, window: int = 7) -> flo
     return float(value.mean())
 
 
-def view_metrics(prediction: torch.Tensor, target: torch.Tensor, views: int) -> list[dict[str, float]]:
-    """PSNR / SSIM per view of decoded videos [3, T, V*H, W] (views stacked along height)."""
+def split_views(video: torch.Tensor, views: int) -> list[torch.Tensor]:
+    """A decoded video [3, T, V*H, W] (views stacked along height) -> V videos [3, T, H, W]."""
+    return list(video.chunk(views, dim=2))
+
+
+def view_metrics(prediction: torch.Tensor, target: torch.Tensor, views: int,
+                 lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[dict[str, float]]:
+    """PSNR / SSIM (and, given an LPIPS network, the mean LPIPS over frames) per view of decoded videos
+    [3, T, V*H, W] (views stacked along height)."""
     rows = []
-    for pred_view, true_view in zip(prediction.chunk(views, dim=2), target.chunk(views, dim=2), strict=True):
+    for pred_view, true_view in zip(split_views(prediction, views), split_views(target, views), strict=True):
         p, t = pred_view.permute(1, 0, 2, 3), true_view.permute(1, 0, 2, 3)
-        rows.append({"psnr": psnr(p, t), "ssim": ssim(p, t)})
+        row = {"psnr": psnr(p, t), "ssim": ssim(p, t)}
+        if lpips is not None:
+            row["lpips"] = float(lpips(p, t).mean())
+        rows.append(row)
     return rows

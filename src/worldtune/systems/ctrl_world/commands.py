@@ -68,14 +68,18 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_baselines", action="store_true",
                         help="skip the repeat-last-frame / other-actions baselines")
     parser.add_argument("--json", help="also write the numbers here (default RUN_DIR/eval/ctrl_world_<split>.json)")
+    parser.add_argument("--lpips_backbone", help="LPIPS: torchvision's AlexNet weights (alexnet-owt-7be5be79.pth)")
+    parser.add_argument("--lpips_linear", help="LPIPS: the lpips package's linear weights (weights/v0.1/alex.pth)")
+    parser.add_argument("--fvd_network", help="FVD: a TorchScript video feature network (e.g. i3d_torchscript.pt)")
 
 
 def _eval(args: argparse.Namespace) -> int:
     from worldtune.eval.report import print_and_write
-    from worldtune.systems.ctrl_world.evaluate import evaluate, report_table
+    from worldtune.systems.ctrl_world.evaluate import Perceptual, evaluate, report_table
 
+    perceptual = Perceptual.from_files(args.lpips_backbone, args.lpips_linear, args.fvd_network)
     report = evaluate(args.run_dir, split=args.split, chunks=args.chunks, max_episodes=args.episodes,
-                      baselines=not args.no_baselines, starts=args.starts)
+                      baselines=not args.no_baselines, starts=args.starts, perceptual=perceptual)
     print_and_write(report, report_table(report), args.json, args.run_dir, f"ctrl_world_{args.split}")
     return 0
 

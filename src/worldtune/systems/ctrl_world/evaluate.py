@@ -3,24 +3,78 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from worldtune.eval.metrics import view_metrics
+from worldtune.eval.fvd import VideoFeatures, frechet_distance, gaussian
+from worldtune.eval.lpips import LPIPS
+from worldtune.eval.metrics import split_views, view_metrics
 from worldtune.systems.ctrl_world.config import CtrlWorldRunConfig
 from worldtune.systems.ctrl_world.dataset import CtrlWorldEpisode, load_episode, meta_info_path
 from worldtune.systems.ctrl_world.recipe import RECIPE, decode_video, latent_space
 from worldtune.systems.ctrl_world.rollout import Rollout, episode_actions, rollout, rollout_starts
 from worldtune.train.run import load_run
 
+METHODS = ("model", "repeat_last_frame", "other_actions")
+
+
+@dataclass
+class Perceptual:
+    """Optional perceptual metrics, from network weights the user supplies (nothing is downloaded)."""
+
+    lpips: LPIPS | None = None
+    fvd: VideoFeatures | None = None
+
+    @classmethod
+    def from_files(cls, lpips_backbone: str | None = None, lpips_linear: str | None = None,
+                   fvd_network: str | None = None) -> Perceptual:
+        if (lpips_backbone is None) != (lpips_linear is None):
+            raise ValueError("LPIPS needs both weight files: --lpips_backbone (AlexNet) and --lpips_linear")
+        lpips = LPIPS.from_files(lpips_backbone, lpips_linear) if lpips_backbone else None
+        return cls(lpips, VideoFeatures(fvd_network) if fvd_network else None)
+
+
+class _Scores:
+    """Per-rollout, per-view metrics of each method, and (for FVD) each view's video features."""
+
+    def __init__(self, space, views: int, perceptual: Perceptual) -> None:
+        self.space, self.views, self.perceptual = space, views, perceptual
+        self.rows: dict[str, list[list[dict[str, float]]]] = {name: [] for name in METHODS}
+        self.features: dict[str, list[list[torch.Tensor]]] = {name: [] for name in ("truth", *METHODS)}
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return decode_video(self.space, latents[None])[0]
+
+    def add(self, name: str, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Score one decoded video [3, T, V*H, W] against the truth."""
+        self.rows[name].append(view_metrics(prediction, target, self.views, self.perceptual.lpips))
+        if self.perceptual.fvd is not None:
+            self.features[name].append([self.perceptual.fvd(v[None])[0] for v in split_views(prediction, self.views)])
+
+    def add_truth(self, target: torch.Tensor) -> None:
+        if self.perceptual.fvd is not None:
+            self.features["truth"].append([self.perceptual.fvd(v[None])[0] for v in split_views(target, self.views)])
+
+    def summary(self) -> dict[str, Any]:
+        out = {}
+        for name, rows in self.rows.items():
+            if rows:
+                out[name] = _average(rows)
+                if self.features[name]:
+                    _add_fvd(out[name], self.features["truth"], self.features[name])
+        return out
+
 
 def evaluate(run_dir: str | Path, *, split: str = "val", chunks: int = 2, max_episodes: int | None = None,
-             baselines: bool = True, seed: int = 0, starts: int = 1) -> dict[str, Any]:
-    """Rollout PSNR / SSIM per view on a split's episodes; with `baselines`, also for repeating the
-    last real frame and for the same model driven by another episode's actions.
+             baselines: bool = True, seed: int = 0, starts: int = 1,
+             perceptual: Perceptual | None = None) -> dict[str, Any]:
+    """Rollout PSNR / SSIM per view on a split's episodes (and LPIPS / FVD with `perceptual`); with
+    `baselines`, also for repeating the last real frame and for the same model driven by another
+    episode's actions.
 
     `starts` rollouts per episode begin at evenly spaced frames (1: only at the first frame with a full
     history; the start of a recording is often the robot at rest, where repeating a frame is hard to beat).
@@ -31,40 +85,33 @@ def evaluate(run_dir: str | Path, *, split: str = "val", chunks: int = 2, max_ep
                 for e in split_episode_ids(cfg, split)[:max_episodes]]
     if not episodes:
         raise ValueError(f"{cfg.data.dataset_root}: no {split} episodes to evaluate")
-    space = latent_space(cfg)
-    results: dict[str, list] = {"model": [], "repeat_last_frame": [], "other_actions": []}
+    scores = _Scores(latent_space(cfg), len(cfg.data.views), perceptual or Perceptual())
     timing: list[float] = []
     for index, episode in enumerate(episodes):
         other = episodes[(index + 1) % len(episodes)] if len(episodes) > 1 else episode
         swapped = _resized(episode_actions(cfg, other), len(episode.latents))
         for start in rollout_starts(cfg, len(episode.latents), chunks, starts):
             clock = time.perf_counter()
-            run = rollout(model, cfg, episode, chunks, seed=seed, start=start)
+            result = rollout(model, cfg, episode, chunks, seed=seed, start=start)
             timing.append(time.perf_counter() - clock)
-            _score_rollout(results, space, model, cfg, episode, run, chunks, swapped if baselines else None,
-                           seed)
-    if not results["model"]:
+            _score_rollout(scores, model, cfg, episode, result, chunks, swapped if baselines else None, seed)
+    if not scores.rows["model"]:
         raise ValueError(f"{cfg.data.dataset_root}: no {split} episode is long enough for {chunks} chunks")
-    return {"split": split, "episodes": len(episodes), "chunks": chunks, "rollouts": len(results["model"]),
-            "rollout_s_per_chunk": round(float(np.sum(timing)) / (len(timing) * chunks), 4),
-            **{name: _average(rows) for name, rows in results.items() if rows}}
+    return {"split": split, "episodes": len(episodes), "chunks": chunks, "rollouts": len(scores.rows["model"]),
+            "rollout_s_per_chunk": round(float(np.sum(timing)) / (len(timing) * chunks), 4), **scores.summary()}
 
 
-def _score_rollout(results: dict[str, list], space, model, cfg: CtrlWorldRunConfig, episode: CtrlWorldEpisode,
-                   run: Rollout, chunks: int, other_actions: torch.Tensor | None, seed: int) -> None:
-    """Append a rollout's per-view metrics (and, given `other_actions`, the two baselines' from its start)."""
-    views = len(cfg.data.views)
-    target = decode_video(space, run.target[None])[0]
-
-    def score(latents: torch.Tensor) -> list[dict[str, float]]:
-        return view_metrics(decode_video(space, latents[None])[0], target, views)
-
-    results["model"].append(score(run.prediction))
+def _score_rollout(scores: _Scores, model, cfg: CtrlWorldRunConfig, episode: CtrlWorldEpisode, run: Rollout,
+                   chunks: int, other_actions: torch.Tensor | None, seed: int) -> None:
+    """Score a rollout (and, given `other_actions`, the two baselines from its start)."""
+    target = scores.decode(run.target)
+    scores.add_truth(target)
+    scores.add("model", scores.decode(run.prediction), target)
     if other_actions is None:
         return
-    results["repeat_last_frame"].append(score(episode.latents[run.start].float().expand_as(run.target)))
+    scores.add("repeat_last_frame", scores.decode(episode.latents[run.start].float().expand_as(run.target)), target)
     swapped = rollout(model, cfg, episode, chunks, actions=other_actions, seed=seed, start=run.start)
-    results["other_actions"].append(score(swapped.prediction))
+    scores.add("other_actions", scores.decode(swapped.prediction), target)
 
 
 def split_episode_ids(cfg: CtrlWorldRunConfig, split: str) -> list[Any]:
@@ -82,25 +129,35 @@ def _resized(actions: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([actions, actions[-1:].expand(length - len(actions), -1)])
 
 
-def _average(per_episode: list[list[dict[str, float]]]) -> dict[str, Any]:
-    views = len(per_episode[0])
-    per_view = [{k: float(np.mean([ep[v][k] for ep in per_episode])) for k in ("psnr", "ssim")}
-                for v in range(views)]
-    return {"per_view": per_view, "psnr": float(np.mean([v["psnr"] for v in per_view])),
-            "ssim": float(np.mean([v["ssim"] for v in per_view]))}
+def _average(per_rollout: list[list[dict[str, float]]]) -> dict[str, Any]:
+    views, keys = len(per_rollout[0]), list(per_rollout[0][0])
+    per_view = [{k: float(np.mean([rollout[v][k] for rollout in per_rollout])) for k in keys} for v in range(views)]
+    return {"per_view": per_view, **{k: float(np.mean([v[k] for v in per_view])) for k in keys}}
 
 
+def _add_fvd(row: dict[str, Any], truth: list[list[torch.Tensor]], generated: list[list[torch.Tensor]]) -> None:
+    """FVD per view over all rollouts (the truth's features against the method's), and their mean."""
+    if len(truth) < 2:
+        return  # a covariance needs two videos
+    for view, entry in enumerate(row["per_view"]):
+        real = torch.stack([features[view] for features in truth])
+        fake = torch.stack([features[view] for features in generated])
+        entry["fvd"] = frechet_distance(*gaussian(real), *gaussian(fake))
+    row["fvd"] = float(np.mean([entry["fvd"] for entry in row["per_view"]]))
 
 
 def report_table(report: dict[str, Any]) -> str:
     """PSNR / SSIM of the model and each baseline: mean, then per view."""
-    names = [n for n in ("model", "repeat_last_frame", "other_actions") if n in report]
+    names = [n for n in METHODS if n in report]
     views = len(report["model"]["per_view"])
-    header = f"{'':<20} {'PSNR':>7} {'SSIM':>6}" + "".join(f" {'view ' + str(v) + ' PSNR':>12}" for v in range(views))
+    extra = [k for k in ("lpips", "fvd") if k in report["model"]]
+    header = (f"{'':<20} {'PSNR':>7} {'SSIM':>6}" + "".join(f" {k.upper():>7}" for k in extra)
+              + "".join(f" {'view ' + str(v) + ' PSNR':>12}" for v in range(views)))
     lines = [f"{report['split']} split: {report['episodes']} episodes, {report['rollouts']} rollouts of "
              f"{report['chunks']} chunks ({report['rollout_s_per_chunk']} s a chunk)", header]
     for name in names:
         row = report[name]
         lines.append(f"{name:<20} {row['psnr']:>7.2f} {row['ssim']:>6.3f}"
+                     + "".join(f" {row.get(k, float('nan')):>7.4g}" for k in extra)
                      + "".join(f" {view['psnr']:>12.2f}" for view in row["per_view"]))
     return "\n".join(lines)
