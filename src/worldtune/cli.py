@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from worldtune.config import ConfigError
+from worldtune.data.errors import StaleCacheError
 from worldtune.systems import Command, all_systems
 
 # Verbs systems add to; anything else a system declares becomes a verb of its own.
@@ -34,14 +35,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _guarded(run) -> int:
-    """Run a command; user errors print one line naming the problem instead of a traceback."""
+    """Run a command; user errors print one line naming the problem instead of a traceback.
+
+    Exit codes: 2 for a config error, 1 for any other user error, 130 for Ctrl-C (128 + SIGINT).
+    """
     try:
         return int(run() or 0)
     except ConfigError as err:
         print(f"worldtune: config error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except KeyboardInterrupt as err:  # the trainer's message says where it stopped and how to resume
+        print(f"worldtune: {err or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, RuntimeError, StaleCacheError) as err:
         print(f"worldtune: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # e.g. diffusers / transformers: a model folder that is not there
+        print(f"worldtune: error: {str(err).splitlines()[0] if str(err) else repr(err)}", file=sys.stderr)
         return 1
 
 

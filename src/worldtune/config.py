@@ -124,11 +124,20 @@ class CheckpointConfig:
     resume: str = "auto"
     # Also save every N epochs (0: only every_steps).
     every_epochs: int = 0
+    # A resume whose settings differ from the checkpoint's config.yaml. error: stop before anything
+    # is written, listing the changed keys; continue: resume with the new values (the optimizer's
+    # learning rate, betas, eps and weight decay included) and say which changed. These may always
+    # change: output_dir, train.max_steps / num_epochs (extending a run), train.num_workers,
+    # checkpoint.*, validation.*, log.*, dist.{activation_checkpointing, compile_blocks, cpu_offload,
+    # reshard_after_forward, backend}, and train.batch_size / gradient_accumulation as long as the
+    # effective batch (x ranks) stays the same.
+    on_config_change: str = "error"
 
     def check(self) -> None:
         if self.every_steps < 0 or self.every_epochs < 0:
             raise ConfigError("checkpoint.every_steps / every_epochs: must be >= 0")
         _check_positive("checkpoint.keep_last", self.keep_last)
+        _check_choice("checkpoint.on_config_change", self.on_config_change, ("error", "continue"))
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Layout of a cache directory:
 
-    meta.json                  {"version", "settings", "created", "num_items"}
+    meta.json                  {"version", "settings", "created", "num_items", "item_settings" (optional)}
     index.json                 item key -> [shard file, tensor-name prefix]
     shard-00000.safetensors    tensors of up to `shard_size` items, named "<prefix>/<tensor name>"
     shared.safetensors         tensors shared by all items (e.g. the empty-prompt embedding)
@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
+from worldtune.data.errors import CacheMissError, StaleCacheError
 from worldtune.utils.atomic import atomic_path
 from worldtune.utils.logging import get_logger
 from worldtune.utils.logging import progress as progress_bar
@@ -47,17 +48,6 @@ Tensors = dict[str, torch.Tensor]
 ComputeFn = Callable[[list[int]], list[Tensors]]
 
 
-class StaleCacheError(Exception):
-    """The cache does not match the data or settings it is used with."""
-
-    def __str__(self) -> str:  # KeyError would otherwise print the message in quotes
-        return str(self.args[0]) if self.args else ""
-
-
-class CacheMissError(StaleCacheError, KeyError):
-    """An item key is not in the cache: the item changed or the cache is incomplete."""
-
-
 @dataclass(frozen=True)
 class CacheStats:
     """What one build did; `bytes_written` counts the shard and shared files it wrote."""
@@ -69,7 +59,11 @@ class CacheStats:
 
 
 class KeyedSource(Protocol):
-    """What `CachedDataset` needs from a dataset: keys (and optional metadata) without decoding."""
+    """What `CachedDataset` needs from a dataset: keys (and optional metadata) without decoding.
+
+    A source may also have `clip_settings()`, the settings its keys hash (e.g. frame size): built with
+    `item_settings=source.clip_settings()`, a cache then names the setting that changed on a miss.
+    """
 
     def __len__(self) -> int: ...
 
@@ -117,11 +111,15 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _check_settings(cache_dir: Path, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
+def _differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    """"key: cached 'a' != 'b', ..." for every setting that differs; "" when none does."""
     old, new = _flatten(stored), _flatten(_normalise(wanted))
     diffs = [(k, old.get(k, "<unset>"), new.get(k, "<unset>")) for k in sorted(old.keys() | new.keys())]
-    if differing := [(k, a, b) for k, a, b in diffs if a != b]:
-        details = ", ".join(f"{k}: cached {a!r} != {b!r}" for k, a, b in differing)
+    return ", ".join(f"{k}: cached {a!r} != {b!r}" for k, a, b in diffs if a != b)
+
+
+def _check_settings(cache_dir: Path, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
+    if details := _differences(stored, wanted):
         raise StaleCacheError(
             f"stale latent cache {cache_dir}: settings differ ({details}); delete the directory and "
             + REBUILD_HINT
@@ -200,18 +198,21 @@ def _todo(keys: Sequence[str], index: Mapping[str, Any]) -> list[int]:
     return todo
 
 
-def _open_for_build(cache_dir: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
+def _open_for_build(cache_dir: Path, settings: Mapping[str, Any],
+                    item_settings: Mapping[str, Any] | None) -> dict[str, Any]:
     cache_dir.mkdir(parents=True, exist_ok=True)
     meta = _load_meta(cache_dir)
     if meta is not None:
         _check_settings(cache_dir, meta["settings"], settings)
-        return meta
-    meta = {
-        "version": CACHE_VERSION,
-        "settings": _normalise(settings),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "num_items": 0,
-    }
+    else:
+        meta = {
+            "version": CACHE_VERSION,
+            "settings": _normalise(settings),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "num_items": 0,
+        }
+    if item_settings is not None:  # the latest build's: items of earlier settings stay under their keys
+        meta["item_settings"] = _normalise(item_settings)
     _write_json(cache_dir / META_FILE, meta)
     return meta
 
@@ -226,13 +227,17 @@ def build_cache(
     shard_size: int = 256,
     shared: Mapping[str, torch.Tensor] | None = None,
     progress: bool = True,
+    item_settings: Mapping[str, Any] | None = None,
 ) -> CacheStats:
     """Compute and store the items of `keys` not cached yet; `compute(indices)` gets dataset
-    indices and returns one dict of tensors per index. Safe to rerun after an interruption."""
+    indices and returns one dict of tensors per index. Safe to rerun after an interruption.
+
+    `item_settings` (the source's `clip_settings()`, what its keys hash) are recorded in meta.json,
+    so that a miss caused by a changed setting can name it."""
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     root = Path(cache_dir)
-    meta = _open_for_build(root, settings)
+    meta = _open_for_build(root, settings, item_settings)
     writer = _ShardWriter(root, meta, _load_index(root))
     if shared is not None:
         writer.bytes_written += _write_tensors(root / SHARED_FILE, _owned(shared, "<shared>"))
@@ -355,7 +360,7 @@ class CachedDataset(Dataset):
                 raise CacheMissError(
                     f"{len(missing)} of {len(source)} items are not in the latent cache "
                     f"{cache.cache_dir} (first: index {missing[0]}, key {source.clip_key(missing[0])!r}): "
-                    f"the items changed or the cache is incomplete; {REBUILD_HINT}"
+                    f"{_miss_reason(source, cache.meta)}; {REBUILD_HINT}"
                 )
 
     def __len__(self) -> int:
@@ -365,3 +370,11 @@ class CachedDataset(Dataset):
         metadata = getattr(self.source, "item_metadata", None)
         extra = metadata(index) if metadata is not None else {}
         return {**extra, **self.cache.get(self.source.clip_key(index))}
+
+
+def _miss_reason(source: KeyedSource, meta: Mapping[str, Any]) -> str:
+    """Why items are missing: the settings that changed, when the cache recorded them at build time."""
+    stored, current = meta.get("item_settings"), getattr(source, "clip_settings", None)
+    if stored is not None and current is not None and (details := _differences(stored, current())):
+        return f"the data settings differ from those the cache was built with ({details})"
+    return "the items changed or the cache is incomplete"

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from av.container import InputContainer
 from av.video.stream import VideoStream
 
+from worldtune.data.errors import MessageDataError
+
 PathLike = str | os.PathLike[str]
 
 # A frame time this close (in source frames) below a frame boundary counts as that frame, so that
@@ -35,7 +37,7 @@ PathLike = str | os.PathLike[str]
 _EPS = 1e-6
 
 
-class VideoError(ValueError):
+class VideoError(MessageDataError):
     """A video file is missing, unreadable, or cannot satisfy the request; the message names the file."""
 
 

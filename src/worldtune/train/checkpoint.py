@@ -13,22 +13,42 @@ leaves the previous checkpoint as the newest complete one. Multi-node runs need 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import re
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from worldtune.config import ConfigError, RunConfig
 from worldtune.train.distributed import DistEnv, barrier
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
 TRAINER_STATE = "trainer_state.json"
+
+# Settings that may differ between a checkpoint's run and the run resuming it without
+# `checkpoint.on_config_change: continue`: where the run lives, how long it runs (extending a run),
+# how often it saves, validates and logs, and how the model is laid out on the devices. Any other
+# difference changes what the resumed steps compute. Keep in step with CheckpointConfig's comment.
+RESUMABLE_CHANGES = (
+    "output_dir", "train.max_steps", "train.num_epochs", "train.num_workers",
+    "checkpoint.*", "validation.*", "log.*",
+    "dist.activation_checkpointing", "dist.compile_blocks", "dist.cpu_offload", "dist.reshard_after_forward",
+    "dist.backend",
+)  # fmt: skip
+# The per-rank batch may change with the world size: only the effective batch (per rank x
+# accumulation x ranks) is compared, so a checkpoint resumes on another number of GPUs.
+BATCH_KEYS = ("train.batch_size", "train.gradient_accumulation")
+_UNSET = "<unset>"
 
 
 @contextlib.contextmanager
@@ -112,6 +132,81 @@ def load_checkpoint(path: Path, app_state: dict[str, Any], env: DistEnv) -> tupl
 
 def read_trainer_state(path: Path) -> dict:
     return json.loads((path / TRAINER_STATE).read_text())
+
+
+# ----------------------------------------------------------------------------- config changes
+
+
+class ConfigChangedError(ConfigError):
+    """A resume whose config differs from the checkpoint's; the message lists the changed keys."""
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    key: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.key}: {_show(self.old)} -> {_show(self.new)}"
+
+
+def config_changes(checkpoint: Path, cfg: RunConfig, world_size: int) -> list[ConfigChange]:
+    """Settings of `cfg` that differ from those the checkpoint was trained with (its config.yaml),
+    leaving out RESUMABLE_CHANGES and a per-rank batch that only follows the world size."""
+    saved = Path(checkpoint) / "config.yaml"
+    if not saved.is_file():
+        return []
+    old = _flatten(_saved_config(saved, type(cfg)))
+    new = _flatten(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+    changes = [ConfigChange(key, old.get(key, _UNSET), new.get(key, _UNSET))
+               for key in sorted(old.keys() | new.keys())
+               if old.get(key, _UNSET) != new.get(key, _UNSET) and not _may_change(key)]
+    saved_world = int(read_trainer_state(checkpoint).get("world_size", world_size))
+    old_batch = _effective_batch(old, saved_world)
+    if old_batch is not None and old_batch == _effective_batch(new, world_size):
+        changes = [c for c in changes if c.key not in BATCH_KEYS]
+    return changes
+
+
+def _saved_config(path: Path, schema: type[RunConfig]) -> dict:
+    """The saved config with today's defaults for keys it predates, so that only real changes show."""
+    saved = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), saved), resolve=True)
+    except OmegaConfBaseException:  # a key renamed or removed since: compare what the file has
+        return OmegaConf.to_container(saved, resolve=True)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train.learning_rate": 0.0001, ...}; an empty section stays one entry ({}), so that adding
+    e.g. training stages to a run that had none counts as a change."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _may_change(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE_CHANGES)
+
+
+def _effective_batch(flat: Mapping[str, Any], world_size: int) -> int | None:
+    """Samples per optimizer step; None when the config does not say (then the keys are compared)."""
+    values = [flat.get(key) for key in BATCH_KEYS]
+    if not all(isinstance(v, int) for v in values):
+        return None
+    return values[0] * values[1] * world_size
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    return value if isinstance(value, str) else str(value)
 
 
 def _prune(run_dir: Path, keep_last: int) -> None:

@@ -139,6 +139,20 @@ def truncate_metrics(path: Path, max_step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept), sync=True)
 
 
+# --------------------------------------------------------------------------- W&B credentials
+
+
+def _wandb_has_credentials(wandb: Any) -> bool:
+    """Whether W&B has an API key (environment, settings or .netrc), asked without prompting and
+    without the network. True when this wandb cannot say: `wandb.init` then decides."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    try:
+        return bool(wandb.login(prompt=False, verify=False))
+    except TypeError:  # a wandb older than login(prompt=...)
+        return True
+
+
 # --------------------------------------------------------------------------- run logger
 
 
@@ -224,16 +238,26 @@ class RunLogger:
                 "run `pip install worldtune[wandb]`, or unset log.wandb_project"
             ) from err
         self._wandb = wandb
-        self._wandb_run = wandb.init(
-            project=self.cfg.wandb_project,
-            entity=self.cfg.wandb_entity,
-            name=self.cfg.experiment_name,
-            mode=self.cfg.wandb_mode,
-            dir=str(self.run_dir),
-            config=config,
-            resume="allow",
-            id=self._wandb_run_id(resume),
+        mode = self.cfg.wandb_mode
+        if mode == "online" and not _wandb_has_credentials(wandb):
+            mode = self._offline_instead()
+        options = {"project": self.cfg.wandb_project, "entity": self.cfg.wandb_entity,
+                   "name": self.cfg.experiment_name, "dir": str(self.run_dir), "config": config,
+                   "resume": "allow", "id": self._wandb_run_id(resume)}
+        try:
+            self._wandb_run = wandb.init(mode=mode, **options)
+        except wandb.errors.UsageError as err:
+            # A wandb whose credential check above could not tell: it asks for a key only now.
+            if mode != "online" or "api key" not in str(err).lower():
+                raise
+            self._wandb_run = wandb.init(mode=self._offline_instead(), **options)
+
+    def _offline_instead(self) -> str:
+        self._log.warning(
+            "log.wandb_mode is online but W&B has no API key (run `wandb login` or set WANDB_API_KEY); "
+            "logging offline to %s instead: upload it later with `wandb sync`", self.run_dir / "wandb"
         )
+        return "offline"
 
     def _wandb_run_id(self, resume: bool) -> str:
         """The run id stored in run_dir, reused on resume so W&B continues the same run.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from worldtune.config import ConfigError, RunConfig, to_yaml
+from worldtune.data.errors import DataError, StaleCacheError
 from worldtune.train import checkpoint as ckpt
 from worldtune.train.data import EpochBatchSampler, SeededDataset, derive_seed, move_to_device
 from worldtune.train.distributed import (
@@ -42,6 +44,7 @@ from worldtune.train.logging import RunLogger
 from worldtune.train.optim import build_optimizer, build_scheduler, load_scheduler_state, scheduler_state
 from worldtune.train.recipe import Parts, Recipe
 from worldtune.train.rng import capture_rng_state, restore_rng_state, seed_all
+from worldtune.train.run_lock import acquire_for_run
 from worldtune.train.stages import Stage, apply_trainable, plan_stages, stage_index_at, trainable_names
 from worldtune.train.validation import Validator
 from worldtune.utils.logging import get_logger
@@ -51,6 +54,10 @@ log = get_logger()
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where the run stopped and how to resume it."""
 
 
 @dataclass
@@ -83,14 +90,34 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         self.env = init_distributed(self.cfg.dist)
+        lock = None
         try:
+            lock = acquire_for_run(self.run_dir, self.env)  # before anything is written to the run directory
             return self._fit()
+        except KeyboardInterrupt as interrupt:
+            raise self._interrupted() from interrupt
         finally:
+            if lock is not None:
+                lock.release()
             shutdown(self.env)
+
+    def _interrupted(self) -> TrainingInterrupted:
+        """Where a Ctrl-C left the run: its step, and the checkpoint that the same command resumes."""
+        progress = getattr(self, "progress", None)
+        where = f"at step {progress.step}" if progress is not None else "before training started"
+        last = ckpt.latest_checkpoint(self.run_dir)
+        if last is None:
+            return TrainingInterrupted(f"interrupted {where}; no checkpoint written yet; "
+                                       "run the same command to start again")
+        step = int(ckpt.CHECKPOINT_RE.match(last.name).group(1))
+        return TrainingInterrupted(f"interrupted {where}; last complete checkpoint: step {step} ({last}); "
+                                   "run the same command to resume")
 
     def _fit(self) -> TrainResult:
         cfg, env = self.cfg, self.env
         seed_all(cfg.seed)  # identical model initialisation on every rank
+        resume_from = ckpt.resolve_resume(self.run_dir, cfg.checkpoint.resume)
+        self.config_changes = self._check_config_changes(resume_from) if resume_from is not None else []
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -106,7 +133,6 @@ class Trainer:
             module.to(env.device).requires_grad_(False).eval()
         self.ema_names = set().union(*self.stage_params) if cfg.train.ema_decay else set()
 
-        resume_from = ckpt.resolve_resume(self.run_dir, cfg.checkpoint.resume)
         self.progress = Progress()
         if resume_from is not None:
             self.progress = Progress(**ckpt.read_trainer_state(resume_from)["progress"])
@@ -191,7 +217,39 @@ class Trainer:
         else:
             log.warning("%s has no RNG state for rank %d (saved with %d ranks); seeding it afresh",
                         path, self.env.rank, trainer_state["world_size"])
+        if self.config_changes:
+            self._apply_optimizer_settings()
         log.info("resumed from %s at step %d (epoch %d)", path, self.progress.step, self.progress.epoch)
+
+    def _check_config_changes(self, checkpoint: Path) -> list[ckpt.ConfigChange]:
+        """Stop a resume whose settings differ from the checkpoint's, unless the config allows it.
+
+        Runs before anything is written, so a refused resume leaves the run directory as it was.
+        """
+        changes = ckpt.config_changes(checkpoint, self.cfg, self.env.world_size)
+        if not changes:
+            return []
+        listing = ", ".join(str(change) for change in changes)
+        if self.cfg.checkpoint.on_config_change == "continue":
+            log.warning("resuming from %s with changed settings, which apply from here on "
+                        "(checkpoint.on_config_change=continue): %s", checkpoint, listing)
+            return changes
+        raise ckpt.ConfigChangedError(
+            f"{self.run_dir}: the config differs from the one {checkpoint.name} was trained with: {listing}. "
+            f"To resume with the new values, add checkpoint.on_config_change=continue; to start a new run, "
+            f"give it another output_dir (or delete {ckpt.checkpoints_root(self.run_dir)})"
+        )
+
+    def _apply_optimizer_settings(self) -> None:
+        """The config's learning rate, betas, eps and weight decay over the checkpoint's: loading the
+        optimizer and scheduler state brings back the values they were saved with."""
+        train, stage = self.cfg.train, self.stages[self.stage_index]
+        scheduler = self.scheduler
+        scheduler.base_lrs = [stage.learning_rate for _ in self.optimizer.param_groups]
+        for group, factor in zip(self.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+            group.update(lr=stage.learning_rate * factor(scheduler.last_epoch), initial_lr=stage.learning_rate,
+                         betas=(train.betas[0], train.betas[1]), eps=train.eps, weight_decay=train.weight_decay)
+        scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr reports
 
     # ------------------------------------------------------------------ loop
 
@@ -246,7 +304,7 @@ class Trainer:
         samples = 0
         for _ in range(accumulation):
             fetch = time.perf_counter()
-            batch = next(iterator)
+            batch = raise_carried_error(next(iterator))
             data_wait += time.perf_counter() - fetch
             samples += self.recipe.batch_size_of(batch)
             batch = move_to_device(batch, env.device)
@@ -354,13 +412,70 @@ def report_skipped(dataset: Any, epoch: int) -> None:
                     reasons, " ..." if len(skipped) > 5 else "")
 
 
+# Errors in the user's data (files, caches), carried out of DataLoader workers whole.
+USER_DATA_ERRORS = (DataError, StaleCacheError)
+
+
+@dataclass
+class CarriedError:
+    """What a worker returns instead of a batch when loading it raised one of USER_DATA_ERRORS.
+
+    Torch re-raises a worker's exception as `type(message)`, where the message holds the worker's
+    whole traceback: a `DataError(path, problem)` cannot be built from one argument, so it arrives
+    as a RuntimeError of some 40 lines. Returned as the batch, the error crosses the worker queue
+    pickled (DataError defines `__reduce__`) and the trainer raises it as it was raised.
+    """
+
+    error: BaseException
+    worker_traceback: str
+
+
+class CarryDataErrors(Dataset):
+    """Wraps the trainer's SeededDataset: a user-data error while loading a batch becomes its batch."""
+
+    def __init__(self, dataset: SeededDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[Any]) -> list[Any]:
+        try:
+            return self.dataset.__getitems__(keys)
+        except USER_DATA_ERRORS as err:
+            return [CarriedError(err, traceback.format_exc())]
+
+
+class CollateOrCarry:
+    """The recipe's collate function, passing a CarriedError through (a class: workers pickle it)."""
+
+    def __init__(self, collate_fn: Any) -> None:
+        self.collate_fn = collate_fn if collate_fn is not None else default_collate
+
+    def __call__(self, items: list[Any]) -> Any:
+        if items and isinstance(items[0], CarriedError):
+            return items[0]
+        return self.collate_fn(items)
+
+
+def raise_carried_error(batch: Any) -> Any:
+    """The batch itself, or the error a worker carried instead of it, raised here."""
+    if isinstance(batch, CarriedError):
+        log.debug("raised in a DataLoader worker:\n%s", batch.worker_traceback)
+        raise batch.error
+    return batch
+
+
 def make_loader(dataset: SeededDataset, sampler: EpochBatchSampler, parts: Parts, cfg: RunConfig,
                 env: DistEnv) -> DataLoader:
     workers = cfg.train.num_workers
     return DataLoader(
-        dataset,
+        CarryDataErrors(dataset),
         batch_sampler=sampler,
-        collate_fn=parts.collate_fn,
+        collate_fn=CollateOrCarry(parts.collate_fn),
         num_workers=workers,
         # Video decoders are not fork-safe; spawn keeps workers clean.
         multiprocessing_context="spawn" if workers > 0 else None,

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from worldtune.data.errors import DataError
 from worldtune.data.video import VideoError, probe_video, resample_indices
 
 logger = logging.getLogger("worldtune")
@@ -35,14 +36,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class BadEpisode(ValueError):
+class BadEpisode(DataError):
     """An episode cannot be used; the message names its directory and the problem."""
 
     def __init__(self, ep_dir: str | Path, problem: str) -> None:
-        self.ep_dir = Path(ep_dir)
+        super().__init__(ep_dir, problem)
+        self.ep_dir = self.path
         self.episode = self.ep_dir.name
-        self.problem = problem
-        super().__init__(f"episode {self.ep_dir}: {problem}")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from worldtune.data.errors import MessageDataError
 from worldtune.data.formats.episode_files import (
     EPISODES_DIR,
     EpisodeInfo,
@@ -39,7 +40,7 @@ DEFAULT_SPLIT_SEED = 42
 SPLITS = ("train", "val", "all")
 
 
-class ManifestError(ValueError):
+class ManifestError(MessageDataError):
     """``manifest.json`` is unreadable, malformed or out of date; the message names the file."""
 
 

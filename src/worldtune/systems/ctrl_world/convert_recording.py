@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from worldtune.data.errors import DataError
 from worldtune.models.encoders.latent_spaces import LatentSpace, frames_to_model_range
 from worldtune.utils.logging import get_logger
 
@@ -32,13 +33,8 @@ RECORDING_SUFFIXES = (".hdf5", ".h5")
 FRAME_CHUNK = 32  # frames read, resized and encoded at a time
 
 
-class BadRecording(ValueError):
+class BadRecording(DataError):
     """A recording cannot be converted; the message names the file and the problem."""
-
-    def __init__(self, path: PathLike, problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 def list_recordings(input_dir: PathLike) -> list[Path]:

@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from worldtune.data.errors import DataError
 from worldtune.utils.atomic import write_text_atomic
 
 MANIFEST_FILE = "manifest.json"
@@ -28,13 +29,8 @@ _RATIO_TOLERANCE = 1e-6
 PathLike = str | os.PathLike[str]
 
 
-class LatentDataError(ValueError):
+class LatentDataError(DataError):
     """A latent file or manifest cannot be used; the message names the file and the problem."""
-
-    def __init__(self, path: PathLike, problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclass(frozen=True)
