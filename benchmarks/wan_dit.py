@@ -179,8 +179,15 @@ def make_batch(config: WanConfig, batch: int, latent: tuple[int, int, int], prom
 
 
 def set_checkpointing(models: Models, enabled: bool) -> None:
-    if models.ours is not None:
-        models.ours.enable_gradient_checkpointing(enabled)
+    if models.ours is not None:  # the trainer's per-block activation checkpointing, switched on / off
+        from torch.distributed._composable import checkpoint
+
+        for block in models.ours.blocks:
+            if enabled and not hasattr(block, "_worldtune_checkpointed"):
+                checkpoint(block)
+                block._worldtune_checkpointed = True
+            if hasattr(block, "_worldtune_checkpointed"):
+                checkpoint.state(block).enable_hook = enabled
     if models.diffusers is not None:
         if enabled:
             models.diffusers.enable_gradient_checkpointing()

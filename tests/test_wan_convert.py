@@ -224,6 +224,18 @@ class Toy(nn.Module):
         self.register_buffer("scale", torch.ones(2))
         self.register_buffer("scratch", torch.zeros(1), persistent=False)
 
+    def reset_non_persistent_buffers(self) -> None:  # what a loader calls for buffers built on meta
+        self.scratch = torch.zeros(1, device="cpu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x)) * self.scale + self.scratch
+
+
+def _run(model: nn.Module) -> torch.Tensor:
+    """A forward on what was loaded: a tensor left on meta fails here, not in a user's first step."""
+    with torch.no_grad():
+        return model(torch.linspace(-1, 1, 8).view(2, 4).to(next(model.parameters()).dtype))
+
 
 def _toy_state(seed: int = 1) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
@@ -244,6 +256,7 @@ def test_load_into_reports_partial_loads(tmp_path: Path) -> None:
     assert torch.equal(model.encoder.weight, source["encoder.weight"])
     assert torch.equal(model.head[0].weight, head_before)
     assert "loaded 2 of 7" in report.summary() and "extra.weight" in report.summary()
+    assert torch.isfinite(_run(model)).all()
     with pytest.raises(CheckpointError, match="strict"):
         load_into(Toy(), partial, strict=True)
 
@@ -272,6 +285,10 @@ def test_load_into_materialises_meta_models(tmp_path: Path) -> None:
         assert torch.equal(tensor, source[name].double()), name
     assert not model.encoder.weight.requires_grad and model.head[0].weight.requires_grad
     assert isinstance(model.head[0].weight, nn.Parameter)
+    assert model.scratch.device.type == "cpu"  # recomputed, not left on meta
+    reference = Toy().double()
+    reference.load_state_dict({k: v.double() for k, v in source.items()})
+    assert torch.equal(_run(model), _run(reference))
 
     with torch.device("meta"):
         partial = Toy()
@@ -281,6 +298,20 @@ def test_load_into_materialises_meta_models(tmp_path: Path) -> None:
     report = load_into(partial, without_head, init_missing=lambda name, like: torch.full(like.shape, 0.5))
     assert report.initialised == ["head.1.weight", "head.1.bias"]
     assert torch.equal(partial.head[1].bias, torch.full((2,), 0.5))
+    assert torch.isfinite(_run(partial)).all()
+
+
+def test_meta_buffers_nobody_recomputes_are_an_error() -> None:
+    class NoReset(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(2, 2)
+            self.register_buffer("table", torch.arange(2.0), persistent=False)
+
+    with torch.device("meta"):
+        model = NoReset()
+    with pytest.raises(CheckpointError, match=r"table were built on meta.*NoReset"):
+        load_into(model, {"proj.weight": torch.eye(2), "proj.bias": torch.zeros(2)})
 
 
 def test_load_into_keeps_tied_weights_tied() -> None:
@@ -289,6 +320,7 @@ def test_load_into_keeps_tied_weights_tied() -> None:
     model[1].weight = model[0].weight
     load_into(model, {"0.weight": torch.eye(2), "0.bias": torch.zeros(2), "1.bias": torch.ones(2)})
     assert model[1].weight is model[0].weight and torch.equal(model[1].weight, torch.eye(2))
+    assert torch.equal(model(torch.tensor([[1.0, 2.0]])), torch.tensor([[2.0, 3.0]]))
 
 
 def test_load_into_converts_names_to_the_model_scheme(tmp_path: Path) -> None:
@@ -298,3 +330,7 @@ def test_load_into_converts_names_to_the_model_scheme(tmp_path: Path) -> None:
     report = load_into(target, tmp_path, strict=True)
     assert not report.missing and not report.unexpected
     _assert_same(target.state_dict(), source.state_dict())
+    torch.manual_seed(0)
+    x, t, text = torch.randn(1, 16, 1, 4, 4), torch.tensor([500.0]), torch.randn(1, 8, 32)
+    with torch.no_grad():
+        assert torch.equal(target(x, t, text).sample, source(x, t, text).sample)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wan_helpers import diffusers_twin, tiny_config
+from wan_helpers import diffusers_twin, run_forward, tiny_config
 from worldtune.cli import main
 from worldtune.models.wan.checkpoints import CheckpointError, read_state_dict
 from worldtune.models.wan.convert import diffusers_to_original
@@ -22,6 +22,18 @@ def test_load_from_diffusers_folder_in_bf16_on_meta(tmp_path):
     assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in loaded.parameters())
     expected = {k: v.bfloat16() for k, v in ours.state_dict().items()}
     assert all(torch.equal(loaded.state_dict()[k], expected[k]) for k in expected)
+    torch.testing.assert_close(run_forward(loaded), run_forward(ours), atol=0.05, rtol=0.05)  # bf16 weights
+
+
+@pytest.mark.parametrize("model_type", ["t2v", "ti2v", "i2v", "vace"])
+def test_strict_load_of_every_variant_runs(tmp_path, model_type):
+    """The default `strict=True` builds on meta: the loaded model must run, equal to its source."""
+    config = tiny_config(model_type)
+    _, ours = diffusers_twin(config)
+    save_original(ours.state_dict(), tmp_path, config=config.to_dict())
+    loaded, report = load_wan(tmp_path)
+    assert not report.missing and not report.unexpected
+    assert torch.equal(run_forward(loaded), run_forward(ours))
 
 
 def test_config_json_is_enough_and_missing_config_is_explained(tmp_path):
@@ -31,6 +43,7 @@ def test_config_json_is_enough_and_missing_config_is_explained(tmp_path):
                   config={"_class_name": "VaceWanModel", **config.to_dict()})
     loaded, _ = load_wan(tmp_path / "orig")  # shards + index + config.json
     assert type(loaded).__name__ == "WanVaceModel" and loaded.config.vace_layers == (0, 1)
+    assert torch.equal(run_forward(loaded), run_forward(ours))
     torch.save(ours.state_dict(), tmp_path / "bare.pt")
     with pytest.raises(CheckpointError, match="bare.pt.*no config.json"):
         load_wan(tmp_path / "bare.pt")
@@ -46,6 +59,14 @@ def test_delta_loading_reports_and_fails_loudly(tmp_path):
     assert set(report.loaded) == {k for k in delta if k.startswith("blocks.")}
     assert "extra_head.weight" in report.unexpected and "head.head.weight" in report.missing
     assert torch.equal(model.blocks[1].ffn[0].weight, ours.blocks[1].ffn[0].weight)
+    # The tensors the delta lacks start as a fresh model's (the same seed gives the same init).
+    torch.manual_seed(11)
+    fresh = build_wan(config)
+    torch.manual_seed(11)
+    model, _ = load_wan(tmp_path / "delta.pt", config=config, strict=False)
+    assert torch.equal(model.head.head.weight, fresh.head.head.weight)
+    assert torch.equal(model.blocks[0].ffn[0].weight, fresh.blocks[0].ffn[0].weight)
+    run_forward(model)
     wrong = {"blocks.0.ffn.0.weight": torch.zeros(7, 7)}
     torch.save(wrong, tmp_path / "wrong.pt")
     with pytest.raises(CheckpointError, match=r"blocks\.0\.ffn\.0\.weight"):
@@ -76,6 +97,10 @@ def test_convert_cli_round_trip_is_exact(tmp_path, capsys):
     assert first.keys() == second.keys() == ours.state_dict().keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert "diffusion_pytorch_model.safetensors" in capsys.readouterr().out
+    for converted in ("o2", "d2"):  # both layouts load and run as the source model
+        # (a diffusers config has no text_len: the tiny model's 16 becomes the released 512)
+        loaded, _ = load_wan(tmp_path / converted, config=config)
+        assert torch.equal(run_forward(loaded), run_forward(ours))
 
 
 def test_published_size_builds_instantly_on_meta():

@@ -112,16 +112,29 @@ def test_fresh_vace_equals_its_base_model():
 
 
 def test_gradient_checkpointing_gives_same_gradients():
+    """The trainer's activation checkpointing (`dist.activation_checkpointing`, per block) is the
+    DiT's only one; it leaves the gradients as they are."""
+    import copy
+
+    from worldtune.config import DistConfig
+    from worldtune.train.distributed import DistEnv, default_blocks, prepare_model
+
     config = tiny_config("t2v")
     _, ours = diffusers_twin(config)
+    checkpointed = copy.deepcopy(ours)
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    prepare_model(checkpointed, default_blocks(checkpointed), DistConfig(activation_checkpointing=True), env)
     x, t, context, _, _ = inputs(config)
-    grads = []
-    for enabled in (False, True):
-        ours.zero_grad()
-        ours.enable_gradient_checkpointing(enabled)
-        ours(x, t, context).square().mean().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in ours.parameters()]))
+    grads, ffn_calls = [], []
+    for model in (ours, checkpointed):
+        calls = []
+        model.blocks[0].ffn.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        model(x, t, context).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        ffn_calls.append(len(calls))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert ffn_calls == [1, 2]  # the checkpointed block ran again in backward
+    assert not hasattr(ours, "enable_gradient_checkpointing")
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))

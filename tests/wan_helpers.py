@@ -37,3 +37,26 @@ def diffusers_twin(config: WanConfig, seed: int = 0) -> tuple[torch.nn.Module, t
     missing, unexpected = ours.load_state_dict(diffusers_to_original(theirs.state_dict()), strict=True)
     assert not missing and not unexpected
     return theirs, ours
+
+
+@torch.no_grad()
+def run_forward(model: torch.nn.Module, seed: int = 7) -> torch.Tensor:
+    """One forward on a small latent grid, whatever the variant: a loader's test runs what it loaded
+    (a tensor left on meta, or a wrong dtype, fails here rather than at a user's first step)."""
+    config = model.config
+    dtype = model.patch_embedding.weight.dtype
+    g = torch.Generator().manual_seed(seed)
+    channels = config.in_dim
+    kwargs = {}
+    if config.model_type == "i2v":
+        channels = config.in_dim - 4
+        kwargs["y"] = torch.randn(1, 4, 2, 4, 4, generator=g).to(dtype)
+        kwargs["clip_fea"] = torch.randn(1, 3, config.image_dim, generator=g).to(dtype)
+    if config.model_type == "vace":
+        vace_in = config.vace_in_dim if config.vace_in_dim is not None else config.in_dim
+        kwargs["vace_context"] = torch.randn(1, vace_in, 2, 4, 4, generator=g).to(dtype)
+    x = torch.randn(1, channels, 2, 4, 4, generator=g).to(dtype)
+    context = torch.randn(1, 3, config.text_dim, generator=g).to(dtype)
+    out = model(x, torch.tensor([500.0]), context, **kwargs)
+    assert out.shape == (1, config.out_dim, 2, 4, 4) and torch.isfinite(out).all()
+    return out

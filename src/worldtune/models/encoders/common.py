@@ -1,4 +1,5 @@
-"""What every frozen encoder shares: always-eval modules, the latent-space protocol, path lookup."""
+"""What every frozen encoder shares: always-eval modules, the latent-space protocol, path lookup;
+reading and loading weights is `utils/weights.py`'s, with errors raised as EncoderLoadError."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from worldtune.utils.weight_files import WEIGHT_SUFFIXES, CheckpointError, find_file
+from worldtune.utils.weights import load_weights, read_weights
+
+__all__ = ["CHECKPOINT_SUFFIXES", "EncoderLoadError", "FrozenModule", "LatentSpace", "find_file", "load_into",
+           "read_state_dict"]
+
 PathLike = str | os.PathLike[str]
 
 # Suffixes of a single-file checkpoint (original Wan releases ship .pth, ComfyUI repacks .safetensors).
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+CHECKPOINT_SUFFIXES = WEIGHT_SUFFIXES
 
 
 class EncoderLoadError(RuntimeError):
@@ -95,13 +102,6 @@ def find_component(root: Path, subfolder: str | None, marker: str = "config.json
     return None
 
 
-def find_file(root: Path, names: Sequence[str]) -> Path | None:
-    for name in names:
-        if (root / name).is_file():
-            return root / name
-    return None
-
-
 def missing_path_error(path: PathLike, looked_for: str, allow_download: bool = False) -> FileNotFoundError:
     hint = "" if allow_download else " (a hub id is only fetched with allow_download=True)"
     return FileNotFoundError(
@@ -110,29 +110,15 @@ def missing_path_error(path: PathLike, looked_for: str, allow_download: bool = F
 
 
 def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
-    """A flat tensor dict from a .safetensors or torch-pickled file, loaded without executing code."""
+    """A flat tensor dict from one checkpoint file (any format `utils.weight_files` reads), loaded
+    without executing code; a file that cannot be read raises EncoderLoadError naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            try:
-                state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # files in torch's legacy (non-zip) format cannot be mapped
-                state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised naming the file
-        raise EncoderLoadError(f"{path}: cannot read checkpoint: {exc}") from exc
-    # Some releases wrap the weights ({"state_dict": ...} / {"model": ...}).
-    for key in ("state_dict", "model", "module"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise EncoderLoadError(f"{path}: expected a dict of tensors")
-    return dict(state)
+        return read_weights(path)
+    except CheckpointError as exc:
+        raise EncoderLoadError(str(exc)) from exc
 
 
 def empty_weights():
@@ -143,15 +129,10 @@ def empty_weights():
     return init_empty_weights(include_buffers=False)
 
 
-def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: PathLike, ignore=()) -> None:
-    """Strict `load_state_dict(assign=True)` (the model may sit on `meta`) with errors naming `path`."""
-    result = model.load_state_dict(dict(state), strict=False, assign=True)
-    missing = [k for k in result.missing_keys if k not in ignore]
-    if missing or result.unexpected_keys:
-        raise EncoderLoadError(
-            f"{path}: weights do not match the model: missing {missing[:8]} ({len(missing)}), "
-            f"unexpected {result.unexpected_keys[:8]} ({len(result.unexpected_keys)})"
-        )
-    leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if leftover:
-        raise EncoderLoadError(f"{path}: no weights for {leftover[:8]}")
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: PathLike) -> None:
+    """A strict load (the model may sit on `meta`: it takes `state`'s tensors, no copy), with
+    errors naming `path`."""
+    try:
+        load_weights(model, state, strict=True, assign=True)
+    except CheckpointError as exc:
+        raise EncoderLoadError(f"{path}: weights do not match the model: {exc}") from exc

@@ -14,6 +14,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
+from worldtune.utils import weight_files
+from worldtune.utils.weight_files import check_unique, describe_keys
+
 KeyFormat = Literal["original", "diffusers"]
 T = TypeVar("T")
 
@@ -84,11 +87,6 @@ def rename_key(key: str, source: KeyFormat) -> str | None:
     return _rename(key, top)
 
 
-def describe_keys(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def rename_keys(keys: Iterable[str], source: KeyFormat, *, keep_unknown: bool = False) -> dict[str, str]:
     """{key: renamed} from `source` names to the other scheme; unknown keys are an error unless kept."""
     mapping: dict[str, str] = {}
@@ -106,11 +104,10 @@ def rename_keys(keys: Iterable[str], source: KeyFormat, *, keep_unknown: bool = 
 
 
 def _check_unique(mapping: Mapping[str, str]) -> None:
-    seen: dict[str, str] = {}
-    for key, renamed in mapping.items():
-        if renamed in seen:
-            raise ConversionError(f"keys {seen[renamed]!r} and {key!r} both map to {renamed!r}")
-        seen[renamed] = key
+    try:
+        check_unique(mapping)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from exc
 
 
 def original_to_diffusers(state_dict: Mapping[str, T], *, keep_unknown: bool = False) -> dict[str, T]:
@@ -130,11 +127,8 @@ def diffusers_to_original(state_dict: Mapping[str, T], *, keep_unknown: bool = F
 _DIFFUSERS_MARKS = ("condition_embedder.", "scale_shift_table", ".attn1.", ".attn2.", ".ffn.net.")
 _ORIGINAL_MARKS = ("time_embedding.", "text_embedding.", "time_projection.", "head.head.", "modulation",
                    ".self_attn.", ".cross_attn.", "before_proj.", "after_proj.")
-# Wrappers around a whole model (DDP, torch.compile, ComfyUI / DiffSynth, diffusers pipelines).
-WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "diffusion_model.", "transformer.")
-# Wrappers applied per block (torch.compile, activation checkpointing, FSDP1) leave a path segment
-# in the middle of the name, not only at the start.
-_WRAPPER_SEGMENTS = re.compile(r"(^|\.)(?:_orig_mod|_checkpoint_wrapped_module|_fsdp_wrapped_module)\.")
+# Wrappers around a whole model (DDP, torch.compile, ComfyUI / DiffSynth) and diffusers pipelines.
+WRAPPER_PREFIXES = (*weight_files.WRAPPER_PREFIXES, "transformer.")
 
 
 def detect_key_format(keys: Iterable[str]) -> KeyFormat:
@@ -153,24 +147,15 @@ def detect_key_format(keys: Iterable[str]) -> KeyFormat:
 
 def wrapper_prefix(keys: Iterable[str]) -> str:
     """The wrapper prefix shared by every key (e.g. "model.diffusion_model."), or ""."""
-    keys = [_WRAPPER_SEGMENTS.sub(r"\1", k) for k in keys]
-    prefix = ""
-    while keys:
-        shared = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in keys)), None)
-        if shared is None:
-            break
-        prefix += shared
-        keys = [k[len(shared):] for k in keys]
-    return prefix
+    return weight_files.wrapper_prefix(keys, WRAPPER_PREFIXES)
 
 
 def strip_wrappers(keys: Iterable[str]) -> dict[str, str]:
     """{key: key without wrapper prefixes and per-block wrapper segments}."""
-    keys = list(keys)
-    prefix = wrapper_prefix(keys)
-    mapping = {k: _WRAPPER_SEGMENTS.sub(r"\1", k)[len(prefix):] for k in keys}
-    _check_unique(mapping)
-    return mapping
+    try:
+        return weight_files.strip_wrappers(keys, WRAPPER_PREFIXES)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from exc
 
 
 def to_format_names(keys: Iterable[str], target: KeyFormat = "original") -> dict[str, str]:

@@ -13,13 +13,20 @@ Hooks for the recipes built on top: `extra_hints` adds tensors after chosen bloc
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from worldtune.models.wan.layers import Head, ImageProjection, WanBlock, sinusoidal_embedding
+from worldtune.models.wan.layers import (
+    FP32LayerNorm,
+    Head,
+    ImageProjection,
+    RMSNorm,
+    WanBlock,
+    sinusoidal_embedding,
+)
 from worldtune.models.wan.rope import Rope3D
 from worldtune.models.wan.sizes import WanConfig
 
@@ -46,6 +53,9 @@ class WanModel(nn.Module):
     def __init__(self, config: WanConfig) -> None:
         super().__init__()
         self.config = c = config
+        # Drawn before any submodule exists, so a model built on meta and initialised later (shard by
+        # shard) gets the same value, hence the same weights, as one built on the CPU.
+        self.init_seed = int(torch.randint(0, 2**62, (), device="cpu"))
         self.patch_embedding = nn.Conv3d(c.in_dim, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"),
                                             nn.Linear(c.dim, c.dim))
@@ -56,26 +66,56 @@ class WanModel(nn.Module):
         if c.model_type == "i2v":
             self.img_emb = ImageProjection(c.image_dim, c.dim)
         self.rope = Rope3D(c.head_dim)
-        self.gradient_checkpointing = False
+        self._make_extra_modules()
         self.init_weights()
+
+    def _make_extra_modules(self) -> None:
+        """Subclasses add their modules here, before the one initialisation of every parameter."""
 
     def _make_block(self) -> WanBlock:
         c = self.config
         return WanBlock(c.dim, c.ffn_dim, c.num_heads, c.qk_norm, c.cross_attn_norm, c.eps,
                         with_image=c.model_type == "i2v")
 
+    # ------------------------------------------------------------------ initialisation
+
     def init_weights(self) -> None:
-        """Upstream's initialisation: Xavier linears, small embeddings, a zero output layer."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
-        for module in [*self.text_embedding, *self.time_embedding]:
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-        nn.init.zeros_(self.head.head.weight)
+        """Upstream's initialisation (Xavier linears, small embeddings, a zero output layer), each
+        tensor from its own generator seeded by (init_seed, name): any one tensor can be produced
+        alone, as sharded loading does, and equals the whole-model initialisation."""
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if not param.is_meta:
+                    param.copy_(self.initial_value(name))
+
+    def initial_value(self, name: str) -> torch.Tensor:
+        """The initial value of parameter `name`, a float32 CPU tensor of its full shape. A layer
+        wrapped by LoRA (`q.base_layer.weight`) starts as the plain layer does (`q.weight`)."""
+        module_name, _, attr = name.rpartition(".")
+        module = self.get_submodule(module_name)
+        plain = name.replace(".base_layer.", ".")
+        value = torch.empty(getattr(module, attr).shape, dtype=torch.float32, device="cpu")
+        generator = torch.Generator().manual_seed(_name_seed(self.init_seed, plain))
+        return self._init_rule(plain.rpartition(".")[0], module, attr)(value, generator)
+
+    def _init_rule(self, module_name: str, module: nn.Module, attr: str):
+        """How upstream initialises one tensor: fn(empty tensor, generator) -> the tensor."""
+        if attr == "modulation":  # randn / sqrt(dim), as the blocks and the head create it
+            return lambda t, g: t.normal_(generator=g).div_(t.shape[-1] ** 0.5)
+        if isinstance(module, (RMSNorm, FP32LayerNorm, nn.LayerNorm)):
+            return (lambda t, g: t.fill_(1.0)) if attr == "weight" else (lambda t, g: t.zero_())
+        if isinstance(module, nn.Linear):
+            if attr == "bias" or module_name == "head.head":
+                return lambda t, g: t.zero_()
+            if module_name.startswith(("text_embedding.", "time_embedding.")):
+                return lambda t, g: t.normal_(std=0.02, generator=g)
+            return lambda t, g: nn.init.xavier_uniform_(t, generator=g)
+        if isinstance(module, nn.Conv3d):
+            fan_in = module.weight[0].numel()
+            if attr == "weight" and module_name == "patch_embedding":  # Xavier over the flattened kernel
+                return lambda t, g: nn.init.xavier_uniform_(t.view(t.shape[0], -1), generator=g).view(t.shape)
+            return lambda t, g: t.uniform_(-(fan_in**-0.5), fan_in**-0.5, generator=g)  # PyTorch's Conv default
+        raise ValueError(f"no initialisation rule for {module_name}.{attr} ({type(module).__name__})")
 
     # ------------------------------------------------------------------ pieces
 
@@ -137,10 +177,8 @@ class WanModel(nn.Module):
         return tokens, hidden
 
     def _call_block(self, block: nn.Module, tokens: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
-        args = (tokens, inputs.e0, inputs.context, inputs.rope, inputs.image_context, inputs.mask)
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
+        # Activation checkpointing is applied per block from outside (train/distributed.py).
+        return block(tokens, inputs.e0, inputs.context, inputs.rope, inputs.image_context, inputs.mask)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, L, prod(patch)*out_dim] -> [B, out_dim, F*pt, H*ph, W*pw]."""
@@ -164,8 +202,12 @@ class WanModel(nn.Module):
         sample = self.unpatchify(self.head(tokens, e), grid).float()
         return WanOutput(sample, hidden, grid) if return_hidden_states else sample
 
-    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        self.gradient_checkpointing = enabled
+
+def _name_seed(seed: int, name: str) -> int:
+    """A generator seed from the model's seed and a tensor name, the same in every process (unlike
+    Python's salted `hash`)."""
+    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def _pad_rows(u: torch.Tensor, length: int) -> torch.Tensor:

@@ -26,29 +26,33 @@ def build_wan(config: WanConfig | str, device: str | torch.device | None = None)
         return WanVaceModel(config) if config.model_type == "vace" else WanModel(config)
 
 
-def resolve_config(path: str | os.PathLike, config: WanConfig | str | None = None) -> WanConfig:
-    """The given config / size, else the checkpoint's config.json (original or diffusers keys)."""
+SIZE_HINT = "pass the size (e.g. config='wan2.2-ti2v-5b')"
+
+
+def resolve_config(path: str | os.PathLike, config: WanConfig | str | None = None, *,
+                   hint: str = SIZE_HINT) -> WanConfig:
+    """The given config / size, else the checkpoint's config.json (original or diffusers keys);
+    `hint` says how the caller's user passes a size when there is neither."""
     if config is not None:
         return wan_config(config)
     found = read_config(path)
     if found is None:
-        raise CheckpointError(path, "no config.json beside the weights; pass the size (e.g. size='wan2.2-ti2v-5b')")
+        raise CheckpointError(path, f"no config.json beside the weights; {hint}")
     return WanConfig.from_dict(found)
 
 
 def load_wan(path: str | os.PathLike, *, config: WanConfig | str | None = None, dtype: torch.dtype | None = None,
              device: str | torch.device = "cpu", strict: bool = True) -> tuple[WanModel, LoadReport]:
-    """A DiT with the checkpoint's weights; `strict=False` allows partial (delta) checkpoints over
-    randomly initialised weights, reported in the returned LoadReport."""
+    """A DiT with the checkpoint's weights; `strict=False` allows partial (delta) checkpoints, the
+    tensors they lack initialised as a fresh model's, reported in the returned LoadReport.
+
+    The model is built on meta and each tensor materialised from the file (or its initial value),
+    so loading holds one copy of the weights; it then runs as built on the CPU.
+    """
     wan = resolve_config(path, config)
-    if strict:
-        model = build_wan(wan, device="meta")
-        report = load_into(model, path, strict=True, dtype=dtype)
-    else:
-        model = build_wan(wan)
-        if dtype is not None:
-            model.to(dtype)
-        report = load_into(model, path, strict=False, dtype=dtype)
+    model = build_wan(wan, device="meta")
+    init_missing = None if strict else (lambda name, _: model.initial_value(name))
+    report = load_into(model, path, strict=strict, dtype=dtype, init_missing=init_missing)
     return model.to(device), report
 
 
@@ -59,7 +63,7 @@ def convert_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, *,
     from worldtune.models.wan.checkpoints import read_state_dict
     from worldtune.models.wan.saving import save_diffusers, save_original
 
-    wan = resolve_config(source, config)
+    wan = resolve_config(source, config, hint="pass --size (e.g. --size wan2.2-ti2v-5b)")
     state = read_state_dict(source)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}

@@ -14,13 +14,16 @@ MAX_POSITIONS = 1024
 
 
 def _band(num_positions: int, channels: int, theta: float = 10000.0) -> torch.Tensor:
-    """Angles [num_positions, channels/2] in float64."""
-    inv = 1.0 / torch.pow(theta, torch.arange(0, channels, 2, dtype=torch.float64) / channels)
-    return torch.outer(torch.arange(num_positions, dtype=torch.float64), inv)
+    """Angles [num_positions, channels/2] in float64, on the CPU whatever the default device: a
+    model built under `torch.device("meta")` must still get real tables (they are in no checkpoint)."""
+    exponents = torch.arange(0, channels, 2, dtype=torch.float64, device="cpu") / channels
+    inv = 1.0 / torch.pow(theta, exponents)
+    return torch.outer(torch.arange(num_positions, dtype=torch.float64, device="cpu"), inv)
 
 
 class Rope3D:
-    """Rotary tables for a head dimension, cached per (grid, device). Not a module: never cast."""
+    """Rotary tables for a head dimension, cached per (grid, device). Not a module: never cast,
+    never moved to meta; `cos_sin` copies them to the device of the tokens."""
 
     def __init__(self, head_dim: int) -> None:
         self.head_dim = head_dim

@@ -14,7 +14,6 @@ from torch import nn
 
 from worldtune.models.wan.dit import BlockInputs, WanModel, WanOutput
 from worldtune.models.wan.layers import WanBlock
-from worldtune.models.wan.sizes import WanConfig
 
 
 class VaceBlock(WanBlock):
@@ -33,9 +32,8 @@ class VaceBlock(WanBlock):
 
 
 class WanVaceModel(WanModel):
-    def __init__(self, config: WanConfig) -> None:
-        super().__init__(config)
-        c = config
+    def _make_extra_modules(self) -> None:
+        c = self.config
         self.vace_layers = c.resolved_vace_layers
         if 0 not in self.vace_layers or any(i >= c.num_layers for i in self.vace_layers):
             raise ValueError(f"vace_layers {self.vace_layers} must include 0 and lie below {c.num_layers}")
@@ -45,14 +43,11 @@ class WanVaceModel(WanModel):
         )
         vace_in = c.vace_in_dim if c.vace_in_dim is not None else c.in_dim
         self.vace_patch_embedding = nn.Conv3d(vace_in, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
-        self._init_vace()
 
-    def _init_vace(self) -> None:
-        for block in self.vace_blocks:
-            for name in ("before_proj", "after_proj"):
-                if hasattr(block, name):
-                    nn.init.zeros_(getattr(block, name).weight)
-                    nn.init.zeros_(getattr(block, name).bias)
+    def _init_rule(self, module_name: str, module: nn.Module, attr: str):
+        if module_name.startswith("vace_blocks.") and module_name.endswith((".before_proj", ".after_proj")):
+            return lambda t, g: t.zero_()  # the hints start at zero: a fresh VACE model is its base model
+        return super()._init_rule(module_name, module, attr)
 
     def vace_hints(self, vace_context: torch.Tensor, tokens: torch.Tensor, inputs: BlockInputs) -> dict[int, torch.Tensor]:
         """Hint per main-block index from the control latents [B, vace_in_dim, F, H, W]."""
