@@ -97,9 +97,10 @@ def test_lam_training_with_workers_names_the_nan_file(tmp_path):
     data = tmp_path / "latents"
     data.mkdir()
     for i in range(4):
-        _write_latents(data / f"clip_{i}.h5", nan=i == 2)
+        _write_latents(data / f"clip_{i}.h5")
     assert main(["prepare", "lam-manifest", str(data), "--train_ratio", "1", "--val_ratio", "0",
                  "--test_ratio", "0"]) == 0
+    _write_latents(data / "clip_2.h5", nan=True)  # after the manifest checked it: only reading finds out
     result = run_cli("train", str(REPO / "configs/lam/train.yaml"), f"data.data_dir={data}",
                      f"output_dir={tmp_path / 'run'}", "data.sequence_length=4", "train.num_workers=2",
                      "train.batch_size=2", "train.num_epochs=2", "log.wandb_project=null", "log.tensorboard=false",
