@@ -194,4 +194,4 @@ def test_missing_local_model_folder_is_one_line(tmp_path):
     missing = tmp_path / "no_such_svd"
     result = run_cli("inspect", str(REPO / "configs/ctrl_world/flexiv.yaml"), f"model.svd_path={missing}")
     line = assert_one_error_line(result, "worldtune: error: ")
-    assert str(missing) in line
+    assert f"{missing / 'unet'}: no config.json (model.svd_path must be an SVD folder" in line

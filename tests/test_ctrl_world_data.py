@@ -283,7 +283,7 @@ def test_tiny_svd_vae_conversion(tmp_path):
             num_frames=3,
         )
     )
-    assert ds[0]["latent"].shape == (5, 4, 3 * 16, 24)
+    assert ds[0]["latents"].shape == (5, 4, 3 * 16, 24)
 
 
 def test_svd_from_pretrained(tmp_path):

@@ -10,6 +10,7 @@ frozen. `worldtune export` writes `checkpoint-<N>.pt` (keys `unet.*`, `action_en
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,10 +40,17 @@ def build_world_model(m: CtrlWorldModelConfig) -> CtrlWorldModel:
     if m.size != "svd":
         raise ConfigError(f"model.size: expected svd or tiny, got {m.size!r}")
     if m.svd_path:
+        _require_folder(Path(m.svd_path) / "unet", "model.svd_path", "an SVD folder with unet/config.json")
         return CtrlWorldModel.from_svd(m.svd_path, m, subfolder="unet", action_dim=m.action_dim, text_dim=text_dim,
                                        latent_scale=latent_scale)
     log.warning("model.svd_path is not set: the SVD UNet starts from random weights")
     return CtrlWorldModel.svd(m, action_dim=m.action_dim, text_dim=text_dim, latent_scale=latent_scale)
+
+
+def _require_folder(folder: Path, key: str, what: str) -> None:
+    """A local model folder a key points at, checked before diffusers / transformers look at the hub."""
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json ({key} must be {what}; nothing is downloaded)")
 
 
 def load_pretrained(model: torch.nn.Module, path: str) -> None:
@@ -131,7 +139,9 @@ class ClipText(torch.nn.Module):
             raise ConfigError("model.clip_path: text_cond needs a local CLIP text model (clip-vit-base-patch32)")
         from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
-        return cls(CLIPTextModelWithProjection.from_pretrained(path), AutoTokenizer.from_pretrained(path))
+        _require_folder(Path(path), "model.clip_path", "a local CLIP text model folder (clip-vit-base-patch32)")
+        return cls(CLIPTextModelWithProjection.from_pretrained(path, local_files_only=True),
+                   AutoTokenizer.from_pretrained(path, local_files_only=True))
 
     def train(self, mode: bool = True) -> ClipText:
         return super().train(False)  # frozen: stays in eval mode whatever the trainer asks

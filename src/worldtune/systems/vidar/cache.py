@@ -35,4 +35,5 @@ def prepare_cache(cfg: VidarConfig, progress: bool = True) -> CacheStats:
 
     shared = {"null_text": parts.extras["null_text"].float().cpu()}
     return build_cache(cfg.data.cache_dir, keys, compute, cache_settings(cfg, dit_config(cfg.model)),
-                       batch_size=cfg.data.cache_batch_size, shared=shared, progress=progress)
+                       batch_size=cfg.data.cache_batch_size, shared=shared, progress=progress,
+                       item_settings=datasets[0].clip_settings())  # a miss then names the setting that changed
