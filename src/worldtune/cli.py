@@ -97,7 +97,7 @@ def _add_train(verbs, systems) -> None:
         description="Train the recipe a config names (`recipe: NAME`); under torchrun, on every rank.",
         epilog=f"recipes (recipe: NAME in the config):\n{listing}\n  or recipe: package.module:ATTRIBUTE",
     )
-    train.add_argument("config", help="YAML config, e.g. configs/lam/train.yaml")
+    train.add_argument("config", help="YAML config, e.g. configs/<system>/<name>.yaml")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.learning_rate=1e-4")
     train.set_defaults(handler=_train)
 
@@ -108,7 +108,7 @@ def _add_export(verbs) -> None:
     export.add_argument("--checkpoint", help="checkpoint directory (default: the newest complete one)")
     export.add_argument("--ema", action="store_true", help="export the EMA weights")
     export.add_argument("--out", help="output directory (default RUN_DIR/export)")
-    export.add_argument("--name", help="file stem (default: the recipe's artefact, e.g. vidar, else model)")
+    export.add_argument("--name", help="file stem (default: the recipe's own artefact name, else model)")
     export.add_argument("--all", action="store_true", help="all weights, not only the trainable ones")
     export.set_defaults(handler=_export)
 
