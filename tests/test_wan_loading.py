@@ -11,6 +11,7 @@ from worldtune.models.wan.checkpoints import CheckpointError, read_state_dict
 from worldtune.models.wan.convert import diffusers_to_original
 from worldtune.models.wan.factory import build_wan, load_wan
 from worldtune.models.wan.saving import save_diffusers, save_original
+from worldtune.models.wan.sizes import PARAMETER_COUNTS
 
 
 def test_load_from_diffusers_folder_in_bf16_on_meta(tmp_path):
@@ -107,3 +108,8 @@ def test_published_size_builds_instantly_on_meta():
     model = build_wan("wan2.2-ti2v-5b", device="meta")
     assert next(model.parameters()).device.type == "meta"
     assert sum(p.numel() for p in model.parameters()) == 4_999_787_712
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETER_COUNTS))
+def test_released_sizes_have_their_parameter_counts(name):
+    assert sum(p.numel() for p in build_wan(name, device="meta").parameters()) == PARAMETER_COUNTS[name]

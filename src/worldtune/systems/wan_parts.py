@@ -7,6 +7,9 @@ its diffusers counterpart (`transformer/`, `text_encoder/`, `tokenizer/`, `vae/`
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +19,13 @@ from torch import nn
 from worldtune.diffusion.flow_matching import TimestepSampler
 from worldtune.models.lora import LoraSettings, add_lora
 from worldtune.models.wan.checkpoints import load_into
+from worldtune.models.wan.dit import name_seed
 from worldtune.models.wan.factory import build_wan, load_wan
 from worldtune.models.wan.sizes import WanConfig, wan_config
-from worldtune.train.distributed import DTYPES
+from worldtune.train.distributed import DTYPES, DistEnv, shard_device
 from worldtune.utils.logging import get_logger
+from worldtune.utils.weight_files import Source
+from worldtune.utils.weights import initialise, to_empty_keeping_buffers
 
 log = get_logger()
 
@@ -62,21 +68,140 @@ class WanModelConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
-def build_dit(cfg: WanModelConfig, device: str | None = None) -> nn.Module:
-    """The DiT: base weights from ckpt_dir (or a random `size`), then pt_dir on top, then LoRA."""
+def build_dit(cfg: WanModelConfig, device: str | None = None, weights: Source | None = None) -> nn.Module:
+    """The DiT: base weights from ckpt_dir (or a random `size`), LoRA, then pt_dir and `weights` (a
+    path or state dict: `generate --weights`, a run's weights) on top.
+
+    `device="meta"` builds it on meta and loads nothing (`worldtune inspect`). Under torchrun (a
+    process group of several ranks) it is built on meta too, and `dit_loader` fills it once the
+    trainer has sharded it, each rank reading only its own shards.
+    """
+    if device == "meta" or (device is None and _sharded_run() and _lora_init_on_meta(cfg)):
+        return _meta_dit(cfg)
+    deltas = [source for source in (cfg.pt_dir, weights) if source is not None]
     if cfg.ckpt_dir:
         model, report = load_wan(cfg.ckpt_dir, config=_config_or_none(cfg), strict=False)
         _require_full(report, cfg.ckpt_dir)
+        log.info("model.ckpt_dir %s", report.summary())
+    elif deltas:  # weights for the whole DiT, probably: built on meta, what they lack initialised
+        model = build_wan(wan_config(cfg.size), device="meta")
     else:
         log.warning("model.ckpt_dir is not set: the DiT (%s) starts from random weights", cfg.size)
         model = build_wan(wan_config(cfg.size), device=device)
-    if cfg.pt_dir:
-        report = load_into(model, cfg.pt_dir, strict=False)
-        log.info("model.pt_dir %s: %s", cfg.pt_dir, report.summary())
     if cfg.lora_rank > 0:
-        settings = LoraSettings(**{**cfg.lora.__dict__, "rank": cfg.lora_rank})
-        add_lora(model, settings)
+        add_lora(model, lora_settings(cfg))
+    if not model.patch_embedding.weight.is_meta:
+        init_lora_(model, cfg)
+    for index, source in enumerate(deltas):
+        first_on_meta = index == 0 and model.patch_embedding.weight.is_meta
+        report = load_into(model, source, init_missing=_initial_values(model, cfg) if first_on_meta else None)
+        _log_delta(report, cfg, first_on_meta)
     return model
+
+
+def _log_delta(report, cfg: WanModelConfig, on_meta: bool) -> None:
+    log.info("DiT weights %s", report.summary())
+    random = [name for name in report.initialised if ".lora_" not in name]
+    if on_meta and random:
+        log.warning("model.ckpt_dir is not set: %d DiT tensors not in %s start from random weights (%s)",
+                    len(random), report.source, cfg.size)
+
+
+def lora_settings(cfg: WanModelConfig) -> LoraSettings:
+    return LoraSettings(**{**cfg.lora.__dict__, "rank": cfg.lora_rank})
+
+
+# ----------------------------------------------------------------------------- sharded loading
+
+def _sharded_run() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+# LoRA initialisations that need no base weights, so that adapters can start on meta.
+_META_LORA_INITS = ("default", "random", "gaussian")
+
+
+def _lora_init_on_meta(cfg: WanModelConfig) -> bool:
+    if cfg.lora_rank <= 0 or cfg.lora.init in _META_LORA_INITS:
+        return True
+    log.warning("model.lora.init %r needs the base weights: the DiT is built whole on every rank", cfg.lora.init)
+    return False
+
+
+def _meta_dit(cfg: WanModelConfig) -> nn.Module:
+    model = build_wan(dit_config(cfg), device="meta")
+    if cfg.lora_rank > 0:
+        add_lora(model, lora_settings(cfg))
+    return model
+
+
+def dit_loader(cfg) -> Callable[[nn.Module, DistEnv], None]:
+    """`Parts.load_after_shard` for a DiT that `build_dit` left on meta (cfg: the run config, with
+    `model` and `dist` sections); a no-op for one built with its weights."""
+
+    def load_after_shard(model: nn.Module, env: DistEnv) -> None:
+        if any(p.is_meta for p in model.parameters()):
+            load_sharded_dit(model, cfg.model, shard_device(cfg.dist, env))
+
+    return load_after_shard
+
+
+def load_sharded_dit(model: nn.Module, cfg: WanModelConfig, device: torch.device | str) -> None:
+    """Materialise a (sharded) meta DiT on `device` and fill it as `build_dit` would have: ckpt_dir,
+    then pt_dir, the rest (LoRA, or everything without a base) initialised as a fresh model's."""
+    to_empty_keeping_buffers(model, device)
+    init = _initial_values(model, cfg)
+    sources = [source for source in (cfg.ckpt_dir, cfg.pt_dir) if source]
+    if not sources:
+        log.warning("model.ckpt_dir is not set: the DiT (%s) starts from random weights", cfg.size)
+        initialise(model, init)
+        return
+    report = load_into(model, sources[0], init_missing=init)
+    if cfg.ckpt_dir:
+        _require_full(report, cfg.ckpt_dir, ignore_lora=True)
+        log.info("model.ckpt_dir %s", report.summary())
+    else:
+        _log_delta(report, cfg, on_meta=True)
+    for source in sources[1:]:
+        _log_delta(load_into(model, source), cfg, on_meta=False)
+
+
+def _initial_values(model: nn.Module, cfg: WanModelConfig) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """init_missing for a DiT: LoRA adapters as `init_lora_` sets them, the rest as a fresh DiT."""
+    settings = lora_settings(cfg) if cfg.lora_rank > 0 else None
+
+    def initial_value(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if settings is not None and ".lora_" in name:
+            return lora_initial_value(name, tuple(tensor.shape), settings, model.init_seed)
+        return model.initial_value(name)
+
+    return initial_value
+
+
+def lora_initial_value(name: str, shape: tuple[int, ...], settings: LoraSettings, seed: int) -> torch.Tensor:
+    """peft's initialisation of one adapter matrix (`init`: default = Kaiming A / zero B, random =
+    both Kaiming, gaussian = normal(1/rank) A / zero B), drawn from a generator seeded by name."""
+    value = torch.empty(shape, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(name_seed(seed, name))
+    if ".lora_B." in name and settings.init != "random":
+        return value.zero_()
+    if settings.init == "gaussian":
+        return value.normal_(std=1 / settings.rank, generator=generator)
+    return nn.init.kaiming_uniform_(value, a=math.sqrt(5), generator=generator)
+
+
+def init_lora_(model: nn.Module, cfg: WanModelConfig) -> None:
+    """Give the adapters `lora_initial_value`s, so that a DiT built whole and one built on meta and
+    filled shard by shard start from the same adapters (peft draws them from the global RNG)."""
+    if cfg.lora.init not in _META_LORA_INITS:
+        return
+    settings = lora_settings(cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_" in name:
+                param.copy_(lora_initial_value(name, tuple(param.shape), settings, model.init_seed))
 
 
 def dit_config(cfg: WanModelConfig) -> WanConfig:
@@ -87,6 +212,13 @@ def dit_config(cfg: WanModelConfig) -> WanConfig:
     return wan_config(cfg.size)
 
 
+def dit_export_files(cfg: WanModelConfig) -> dict[str, str]:
+    """config.json for an exported DiT (original keys, as a release folder has it)."""
+    wan = dit_config(cfg)
+    config = {"_class_name": "VaceWanModel" if wan.model_type == "vace" else "WanModel", **wan.to_dict()}
+    return {"config.json": json.dumps(config, indent=2, sort_keys=True) + "\n"}
+
+
 def _config_or_none(cfg: WanModelConfig) -> WanConfig | None:
     """The named size when the base folder has no config.json of its own."""
     folder = Path(cfg.ckpt_dir)
@@ -94,10 +226,11 @@ def _config_or_none(cfg: WanModelConfig) -> WanConfig | None:
     return None if has_config else wan_config(cfg.size)
 
 
-def _require_full(report, where: str) -> None:
-    if report.missing:
-        raise ValueError(f"model.ckpt_dir {where}: base checkpoint lacks {len(report.missing)} DiT weights, "
-                         f"e.g. {report.missing[:3]}")
+def _require_full(report, where: str, ignore_lora: bool = False) -> None:
+    missing = [n for n in report.missing if not (ignore_lora and ".lora_" in n)]
+    if missing:
+        raise ValueError(f"model.ckpt_dir {where}: base checkpoint lacks {len(missing)} DiT weights, "
+                         f"e.g. {missing[:3]}")
 
 
 def build_vae(cfg: WanModelConfig, dit: WanConfig):

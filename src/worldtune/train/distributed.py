@@ -109,7 +109,10 @@ def default_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def prepare_model(model: nn.Module, blocks: list[nn.Module], cfg: DistConfig, env: DistEnv) -> nn.Module:
-    """Activation checkpointing and compile per block, then FSDP2 (per block, then root) or a move."""
+    """Activation checkpointing and compile per block, then FSDP2 (per block, then root) or a move.
+
+    A model built on `meta` stays there (sharded under FSDP2): the recipe's `Parts.load_after_shard`
+    materialises it on `shard_device` and fills it."""
     if cfg.activation_checkpointing:
         from torch.distributed._composable import checkpoint
 
@@ -119,9 +122,15 @@ def prepare_model(model: nn.Module, blocks: list[nn.Module], cfg: DistConfig, en
         for block in blocks:
             block.compile()
     if not env.distributed:
-        return model.to(env.device)
+        return model if any(p.is_meta for p in model.parameters()) else model.to(env.device)
     _fully_shard(model, blocks, cfg, env)
     return model
+
+
+def shard_device(cfg: DistConfig, env: DistEnv) -> torch.device:
+    """Where a prepared model's parameters (FSDP2: its shards) live: the CPU under cpu_offload.
+    A model sharded on `meta` is materialised there (`utils.weights.to_empty_keeping_buffers`)."""
+    return torch.device("cpu") if cfg.cpu_offload and env.distributed else env.device
 
 
 def _fully_shard(model: nn.Module, blocks: list[nn.Module], cfg: DistConfig, env: DistEnv) -> None:

@@ -2,21 +2,22 @@
 
 The checkpoint is read tensor by tensor from its metadata, without building the model, so any size
 exports with one copy of the weights in memory and no GPU. Output: `<name>.safetensors` and
-`<name>.pt` (a plain state dict, loadable with `torch.load(path, weights_only=True)`).
+`<name>.pt` (a plain state dict, loadable with `torch.load(path, weights_only=True)`), plus the
+recipe's `export_files` (a Wan DiT's config.json).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import save_file
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from worldtune.train import checkpoint as ckpt
 from worldtune.train.recipe import Recipe
+from worldtune.utils.atomic import atomic_path, write_text_atomic
+from worldtune.utils.weight_files import save_safetensors
 
 
 def find_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
@@ -67,13 +68,16 @@ def export_run(run_dir: str | Path, recipe: Recipe | None = None, *, checkpoint:
     custom = recipe is not None and recipe.export_name is not None
     keys = set(trainer_state["trainable_keys"]) if trainable_only and not custom else None
     weights = load_weights(path, "ema" if ema else "model", keys)
+    cfg = _config_of(path, recipe) if custom else None
     if custom:
-        weights = recipe.export_weights(weights, _config_of(path, recipe))
+        weights = recipe.export_weights(weights, cfg)
     run_root = path.parent.parent if path.parent.name == "checkpoints" else path
     out = Path(out_dir) if out_dir is not None else run_root / "export"
     step = trainer_state["progress"]["step"]
     stem = name or (recipe.export_name.format(step=step) if custom else "model")
-    return write_weights(weights, out, stem, metadata={"step": str(trainer_state["progress"]["step"])})
+    written = write_weights(weights, out, stem, metadata={"step": str(trainer_state["progress"]["step"])})
+    extra = recipe.export_files(cfg) if custom else {}
+    return written + [write_text_atomic(out / file_name, text) for file_name, text in extra.items()]
 
 
 def _config_of(path: Path, recipe):
@@ -84,13 +88,10 @@ def _config_of(path: Path, recipe):
 
 def write_weights(weights: dict[str, torch.Tensor], out_dir: Path, name: str,
                   metadata: dict[str, str] | None = None) -> list[Path]:
-    """`<name>.safetensors` and `<name>.pt`, each written to a temporary file and renamed."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """`<name>.safetensors` and `<name>.pt`, each written to a temporary file and renamed, with the
+    mode any file the user writes gets (the umask's)."""
     weights = {k: v.contiguous() for k, v in sorted(weights.items())}
-    paths = [out_dir / f"{name}.safetensors", out_dir / f"{name}.pt"]
-    tmp_paths = [p.with_name(p.name + ".tmp") for p in paths]
-    save_file(weights, str(tmp_paths[0]), metadata=metadata)
-    torch.save(weights, tmp_paths[1])
-    for tmp, final in zip(tmp_paths, paths, strict=True):
-        os.replace(tmp, final)
-    return paths
+    safetensors = save_safetensors(weights, out_dir / f"{name}.safetensors", metadata=metadata)
+    with atomic_path(out_dir / f"{name}.pt") as tmp:
+        torch.save(weights, tmp)
+    return [safetensors, out_dir / f"{name}.pt"]

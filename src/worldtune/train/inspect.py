@@ -1,4 +1,9 @@
-"""`worldtune inspect CONFIG`: what a run would build, without training it."""
+"""`worldtune inspect CONFIG`: what a run would build, without training it.
+
+Parameters are counted on what `Recipe.build_for_inspect` returns, where large models sit on
+`meta` (a 5B DiT is counted in well under a second, with no memory); the datasets are the ones
+training opens, so bad data fails here as it would at the start of a run.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ def parameter_table(model: nn.Module, trainable: set[str]) -> list[tuple[str, in
 
 
 def inspect_run(cfg: RunConfig, recipe: Recipe) -> str:
-    parts = recipe.build(cfg)
+    parts = recipe.build_for_inspect(cfg)
     stages = cfg.train.training_stages or {"train": cfg.train}
     lines = ["# resolved config", to_yaml(cfg).rstrip(), "", "# parameters"]
     for stage_name, stage in stages.items():

@@ -129,6 +129,8 @@ class Trainer:
         self.stage_params = [trainable_names(self.parts.model, s.trainable_models, aliases) for s in self.stages]
         blocks = self.parts.blocks if self.parts.blocks is not None else default_blocks(self.parts.model)
         self.model = prepare_model(self.parts.model, blocks, cfg.dist, env)
+        if self.parts.load_after_shard is not None:  # a model built on meta: each rank loads its shards
+            self.parts.load_after_shard(self.model, env)
         for module in self.parts.frozen.values():
             module.to(env.device).requires_grad_(False).eval()
         self.ema_names = set().union(*self.stage_params) if cfg.train.ema_decay else set()

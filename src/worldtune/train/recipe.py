@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from worldtune.config import RunConfig
+
+if TYPE_CHECKING:
+    from worldtune.train.distributed import DistEnv
 
 
 @dataclass
@@ -39,6 +42,10 @@ class Parts:
     cfg: RunConfig | None = None
     # Anything else the recipe's loss / sample need (noise schedulers, statistics, ...).
     extras: dict[str, Any] = field(default_factory=dict)
+    # Called by the trainer right after sharding (`prepare_model`), on every rank: fills a model
+    # that `build` left on `meta` under torchrun, each rank reading only its own shards (so no rank
+    # ever holds the full weights). None: the model came out of `build` with its weights.
+    load_after_shard: Callable[[nn.Module, DistEnv], None] | None = None
 
 
 class Recipe:
@@ -57,6 +64,12 @@ class Recipe:
         """The trainable root alone, without data or frozen helpers: what `load_run` puts a
         checkpoint's weights into. The default builds everything and keeps the model."""
         return self.build(cfg).model
+
+    def build_for_inspect(self, cfg: RunConfig) -> Parts:
+        """What `worldtune inspect` reports on: the datasets as training builds them, the modules
+        possibly on `meta` (only their parameter counts are read). Recipes with large models
+        build them on meta here; the default is `build`."""
+        return self.build(cfg)
 
     def loss(self, parts: Parts, batch: Any) -> dict[str, torch.Tensor]:
         """Returns {"loss": scalar tensor, other metric name: scalar tensor, ...}."""
@@ -85,6 +98,11 @@ class Recipe:
     def export_weights(self, weights: dict[str, torch.Tensor], cfg: RunConfig) -> dict[str, torch.Tensor]:
         """The exported artefact from all model weights of a checkpoint (only with export_name)."""
         return weights
+
+    def export_files(self, cfg: RunConfig) -> dict[str, str]:
+        """Text files written beside the exported weights ({file name: contents}), e.g. the
+        model's config.json, so that the export loads (and converts) without the run."""
+        return {}
 
     def batch_size_of(self, batch: Any) -> int:
         """Number of samples in a batch (for samples/s)."""

@@ -34,8 +34,9 @@ WRAPPER_KEYS = ("state_dict", "model", "module")
 # DiffSynth). Only a prefix shared by every name is stripped.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "diffusion_model.")
 # Wrappers applied per block (torch.compile, activation checkpointing, FSDP1) leave a path segment
-# in the middle of a name, not only at the start.
-_WRAPPER_SEGMENTS = re.compile(r"(^|\.)(?:_orig_mod|_checkpoint_wrapped_module|_fsdp_wrapped_module)\.")
+# in the middle of a name, not only at the start; so does a peft LoRA layer around the layer it
+# adapts (`q.base_layer.weight` is `q.weight`), so that plain weights load into a LoRA model.
+_WRAPPER_SEGMENTS = re.compile(r"(^|\.)(?:_orig_mod|_checkpoint_wrapped_module|_fsdp_wrapped_module|base_layer)\.")
 
 Source = str | os.PathLike | Mapping[str, torch.Tensor]
 Region = tuple[slice, ...]  # one slice per dimension, steps of 1

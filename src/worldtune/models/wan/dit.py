@@ -93,9 +93,10 @@ class WanModel(nn.Module):
         wrapped by LoRA (`q.base_layer.weight`) starts as the plain layer does (`q.weight`)."""
         module_name, _, attr = name.rpartition(".")
         module = self.get_submodule(module_name)
+        module = getattr(module, "base_layer", module)  # named without the LoRA layer around it
         plain = name.replace(".base_layer.", ".")
         value = torch.empty(getattr(module, attr).shape, dtype=torch.float32, device="cpu")
-        generator = torch.Generator().manual_seed(_name_seed(self.init_seed, plain))
+        generator = torch.Generator().manual_seed(name_seed(self.init_seed, plain))
         return self._init_rule(plain.rpartition(".")[0], module, attr)(value, generator)
 
     def _init_rule(self, module_name: str, module: nn.Module, attr: str):
@@ -203,7 +204,7 @@ class WanModel(nn.Module):
         return WanOutput(sample, hidden, grid) if return_hidden_states else sample
 
 
-def _name_seed(seed: int, name: str) -> int:
+def name_seed(seed: int, name: str) -> int:
     """A generator seed from the model's seed and a tensor name, the same in every process (unlike
     Python's salted `hash`)."""
     digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from worldtune.models.wan import convert
 from worldtune.models.wan.checkpoints import INDEX_NAME, SAFETENSORS_NAME, WEIGHTS_NAME
 from worldtune.models.wan.convert import KeyFormat
 from worldtune.utils.atomic import atomic_path
+from worldtune.utils.weight_files import save_safetensors
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -76,7 +76,7 @@ def _write_weights(state_dict: Mapping[str, torch.Tensor], out_dir: Path, shard_
     names = [SAFETENSORS_NAME] if count == 1 else [f"{WEIGHTS_NAME}-{i:05d}-of-{count:05d}.safetensors"
                                                    for i in range(1, count + 1)]
     for name, shard in zip(names, shards, strict=True):
-        _replace_atomically(out_dir / name, lambda tmp, s=shard: save_file(s, tmp, metadata={"format": "pt"}))
+        save_safetensors(shard, out_dir / name, metadata={"format": "pt"})
     written = [out_dir / name for name in names]
     if count > 1:
         weight_map = {key: name for name, shard in zip(names, shards, strict=True) for key in shard}

@@ -87,6 +87,17 @@ SIZES: dict[str, WanConfig] = {
 }
 
 
+# Parameters of each released size, as its checkpoint holds them (diffusers' classes count the same,
+# tests/test_wan_parity.py); a build of the size must reproduce them.
+PARAMETER_COUNTS: dict[str, int] = {
+    "wan2.1-t2v-1.3b": 1_418_996_800,
+    "wan2.1-t2v-14b": 14_288_491_584,
+    "wan2.1-vace-1.3b": 2_153_972_032,
+    "wan2.1-i2v-14b": 16_394_878_784,
+    "wan2.2-ti2v-5b": 4_999_787_712,
+}
+
+
 def wan_config(name_or_config: str | WanConfig, **overrides) -> WanConfig:
     """A named size (see SIZES), optionally with fields replaced."""
     if isinstance(name_or_config, WanConfig):

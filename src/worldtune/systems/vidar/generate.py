@@ -12,6 +12,7 @@ from worldtune.systems.vidar.config import VidarConfig
 from worldtune.systems.vidar.recipe import RECIPE, generate_latents
 from worldtune.systems.wan_parts import pad_text
 from worldtune.utils.device import default_device
+from worldtune.utils.weight_files import Source
 
 
 def load_image(path: str | Path, height: int, width: int) -> torch.Tensor:
@@ -29,19 +30,16 @@ def load_image(path: str | Path, height: int, width: int) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(cfg: VidarConfig, *, prompt: str, image: str | Path, out: str | Path, num_frames: int,
-             weights: dict[str, torch.Tensor] | None = None, seed: int = 0, progress: bool = True) -> Path:
-    """First frame + instruction -> an mp4 of `num_frames` frames at the configured size and fps."""
+             weights: Source | None = None, seed: int = 0, progress: bool = True) -> Path:
+    """First frame + instruction -> an mp4 of `num_frames` frames at the configured size and fps.
+    `weights` (a file such as vidar.pt, or a run's state dict) go over the configured DiT; what
+    they loaded is logged."""
     from worldtune.data.video import valid_num_frames
 
     if not valid_num_frames(num_frames):
         raise ValueError(f"--frames {num_frames}: Wan needs 4k+1 frames (e.g. 81)")
-    parts = RECIPE.build_models(cfg)
+    parts = RECIPE.build_models(cfg, dit_weights=weights)
     device = default_device()
-    if weights is not None:
-        report = parts.model.load_state_dict(weights, strict=False)
-        if report.unexpected_keys or len(report.missing_keys) == len(list(parts.model.state_dict())):
-            raise ValueError(f"weights do not fit the DiT: {len(report.missing_keys)} missing, "
-                             f"unexpected e.g. {report.unexpected_keys[:3]}")
     model = parts.model.to(device).eval()
     vae, text_encoder = parts.frozen["vae"].to(device), parts.frozen["text_encoder"].to(device)
     first = load_image(image, cfg.data.height, cfg.data.width).unsqueeze(0).to(device)
@@ -56,14 +54,13 @@ def generate(cfg: VidarConfig, *, prompt: str, image: str | Path, out: str | Pat
     return write_video(out, video.cpu(), fps=cfg.data.fps)
 
 
-def generation_config(args) -> tuple[VidarConfig, dict[str, torch.Tensor] | None]:
+def generation_config(args) -> tuple[VidarConfig, Source | None]:
     """The config and DiT weights `worldtune generate vidar` runs with (see its --help)."""
     from worldtune.config import build_config, load_config, parse_overrides
-    from worldtune.models.wan.checkpoints import read_state_dict
     from worldtune.train.run import load_run
 
     overrides = _flag_overrides(args) + list(args.set)
-    weights = None
+    weights: Source | None = None
     if args.run:
         run = load_run(args.run, RECIPE, overrides=overrides)
         cfg, weights = run.cfg, run.weights()
@@ -72,7 +69,7 @@ def generation_config(args) -> tuple[VidarConfig, dict[str, torch.Tensor] | None
     else:
         cfg = build_config(VidarConfig, parse_overrides(["recipe=vidar", "output_dir=.", *overrides]))
     if args.weights:
-        weights = read_state_dict(args.weights)
+        weights = args.weights  # read (and reported) as the DiT is built
     return cfg, weights
 
 

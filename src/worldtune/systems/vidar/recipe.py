@@ -29,6 +29,8 @@ from worldtune.systems.wan_parts import (
     build_text_encoder,
     build_vae,
     dit_config,
+    dit_export_files,
+    dit_loader,
     pad_text,
 )
 from worldtune.train.recipe import Parts, Recipe
@@ -50,8 +52,9 @@ class VidarRecipe(Recipe):
         parts.val_dataset = self.dataset(cfg, "val", cache, required=False)
         return parts
 
-    def build_models(self, cfg: VidarConfig, with_text_encoder: bool = True) -> Parts:
-        """DiT, VAE and (optionally) T5, without data: what training and generation share."""
+    def build_models(self, cfg: VidarConfig, with_text_encoder: bool = True, dit_weights=None) -> Parts:
+        """DiT, VAE and (optionally) T5, without data: what training and generation share.
+        `dit_weights` (a path or state dict) go over the configured ones (`generate --weights`)."""
         wan = dit_config(cfg.model)
         if wan.model_type != "ti2v":
             raise ConfigError(f"model.size: Vidar fine-tunes a TI2V model, got model_type {wan.model_type!r}")
@@ -63,14 +66,28 @@ class VidarRecipe(Recipe):
             frozen["text_encoder"] = text = build_text_encoder(cfg.model, wan)
             extras["null_text"] = text.encode([cfg.model.sampling.negative_prompt])[0]
         return Parts(
-            model=build_dit(cfg.model),
+            model=build_dit(cfg.model, weights=dit_weights),
+            load_after_shard=dit_loader(cfg),
             train_dataset=None,
             collate_fn=collate_episodes,
             frozen=frozen,
-            trainable_aliases={"lora": "*lora_*", "dit": "all", "auto": "lora" if cfg.model.lora_rank else "all"},
+            trainable_aliases=self.trainable_aliases(cfg),
             cfg=cfg,
             extras=extras,
         )
+
+    @staticmethod
+    def trainable_aliases(cfg: VidarConfig) -> dict[str, str]:
+        # Aliases expand once: "auto" names the glob itself, not the "lora" alias.
+        lora = "*lora_*"
+        return {"lora": lora, "dit": "all", "auto": lora if cfg.model.lora_rank else "all"}
+
+    def build_for_inspect(self, cfg: VidarConfig) -> Parts:
+        """`worldtune inspect`: the DiT on meta (its parameter counts) and the datasets; no encoder."""
+        cache = open_cache(cfg) if cfg.data.cache_dir else None
+        return Parts(model=build_dit(cfg.model, device="meta"), train_dataset=self.dataset(cfg, "train", cache),
+                     val_dataset=self.dataset(cfg, "val", cache, required=False),
+                     trainable_aliases=self.trainable_aliases(cfg), cfg=cfg)
 
     @staticmethod
     def _check_geometry(cfg: VidarConfig, wan, vae) -> None:
@@ -129,6 +146,10 @@ class VidarRecipe(Recipe):
         if cfg.model.lora_rank:
             return merge_lora_weights(weights, cfg.model.lora.alpha / cfg.model.lora_rank)
         return weights
+
+    def export_files(self, cfg: VidarConfig) -> dict[str, str]:
+        """config.json of the DiT beside vidar.pt, so that `worldtune convert` and `load_wan` read it."""
+        return dit_export_files(cfg.model)
 
     # ------------------------------------------------------------------ sampling
 
