@@ -33,7 +33,6 @@ clipped to [-1, 1] (``state_01``/``state_99`` or ``action_01``/``action_99``).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -46,13 +45,24 @@ from omegaconf import MISSING
 from torch.utils.data import Dataset
 
 from worldtune.data import keys
-from worldtune.data.errors import DataError
+from worldtune.systems.ctrl_world.episode_files import (  # noqa: F401 (re-exported: the reader's public names)
+    LAYOUTS,
+    BadCtrlWorldSample,
+    CtrlWorldEpisode,
+    detect_layout,
+    episode_files,
+    episode_length,
+    instruction,
+    load_episode,
+    load_latent,
+    stack_view_latents,
+    vectors,
+)
 from worldtune.utils.logging import get_logger
 
 logger = get_logger("worldtune.systems.ctrl_world.dataset")
 
 PathLike = str | os.PathLike[str]
-LAYOUTS = ("auto", "flexiv", "droid")
 ACTION_KEYS = ("states", "actions")
 EPS = 1e-8
 Skipped = list[tuple[str, str]]  # (episode, problem)
@@ -74,17 +84,6 @@ class CtrlWorldDataConfig:
     layout: str = "auto"  # "auto" | "flexiv" | "droid"
     split: str = "train"  # reads <meta_info>/<split>_sample.json
     on_bad_sample: str = "error"  # "error" | "skip" (log, count, use the next sample)
-
-
-class BadCtrlWorldSample(DataError):
-    """An episode cannot be used; the message names the file and the problem."""
-
-    def __init__(self, episode: Any, path: PathLike, problem: str) -> None:
-        super().__init__(path, problem)
-        self.episode = str(episode)
-
-    def _constructor_args(self) -> tuple[Any, ...]:
-        return self.episode, self.path, self.problem
 
 
 # --------------------------------------------------------------------------------- config / paths
@@ -120,19 +119,6 @@ def meta_info_path(cfg: CtrlWorldDataConfig) -> Path:
         return Path(cfg.meta_info)
     root = Path(cfg.dataset_root)
     return root.parent / f"{root.name}_meta_info" / cfg.dataset_name
-
-
-def detect_layout(dataset_root: PathLike, split: str = "train", layout: str = "auto") -> str:
-    root = Path(dataset_root)
-    if layout != "auto":
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        return layout
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: dataset_root does not exist")
-    if (root / "annotation").is_dir():
-        return "droid"
-    return "flexiv"
 
 
 def load_stats(meta_dir: PathLike) -> dict[str, Any]:
@@ -186,179 +172,6 @@ def window_frame_ids(
     ids.append(t)
     ids.extend(t + i * frame_stride for i in range(1, num_frames))
     return [min(max(i, 0), length - 1) for i in ids]
-
-
-# ------------------------------------------------------------------------------------- file access
-
-
-@functools.lru_cache(maxsize=256)
-def _read_json_cached(path: str, mtime_ns: int, size: int) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _read_annotation(episode: Any, path: Path) -> dict[str, Any]:
-    """Parsed annotation (cached per process; do not modify it)."""
-    try:
-        st = path.stat()
-    except FileNotFoundError as e:
-        raise BadCtrlWorldSample(episode, path, "annotation file not found") from e
-    try:
-        ann = _read_json_cached(str(path), st.st_mtime_ns, st.st_size)
-    except (OSError, json.JSONDecodeError) as e:
-        raise BadCtrlWorldSample(episode, path, f"unreadable annotation ({e})") from e
-    if not isinstance(ann, dict):
-        raise BadCtrlWorldSample(episode, path, "annotation is not a JSON object")
-    return ann
-
-
-def _load_latent(episode: Any, path: Path) -> torch.Tensor:
-    if not path.is_file():
-        raise BadCtrlWorldSample(episode, path, "latent file not found")
-    try:
-        latent = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        try:  # files from the legacy (non-zip) torch.save format cannot be memory-mapped
-            latent = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise BadCtrlWorldSample(episode, path, f"unreadable latent file ({e})") from e
-    except Exception as e:
-        raise BadCtrlWorldSample(episode, path, f"unreadable latent file ({e})") from e
-    if not isinstance(latent, torch.Tensor) or latent.ndim != 4:
-        shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
-        raise BadCtrlWorldSample(episode, path, f"latent must be a tensor [T, C, h, w], got {shape}")
-    return latent
-
-
-@dataclass
-class _EpisodeFiles:
-    """Where one episode's pieces are: one annotation per view (flexiv) or one shared (droid)."""
-
-    episode: Any
-    annotations: list[Path]  # per requested view
-    annotation: dict[str, Any]  # the first view's (flexiv) / the episode's (droid)
-    latents: list[Path]  # per requested view
-
-
-def _episode_files(root: Path, layout: str, split: str, episode: Any, views: list[int]) -> _EpisodeFiles:
-    if layout == "droid":
-        path = root / "annotation" / split / f"{episode}.json"
-        ann = _read_annotation(episode, path)
-        entries = ann.get("latent_videos")
-        if not isinstance(entries, list):
-            raise BadCtrlWorldSample(episode, path, "annotation has no 'latent_videos' list")
-        latents = []
-        for v in views:
-            if v >= len(entries) or "latent_video_path" not in entries[v]:
-                raise BadCtrlWorldSample(episode, path, f"no latent_videos[{v}].latent_video_path (view {v})")
-            latents.append(root / entries[v]["latent_video_path"])
-        return _EpisodeFiles(episode, [path] * len(views), ann, latents)
-    ep_dir = root / str(episode)
-    paths, latents = [], []
-    first: dict[str, Any] | None = None
-    for v in views:
-        path = ep_dir / "annotation" / f"{v}.json"
-        ann = _read_annotation(episode, path)
-        entries = ann.get("latent_videos")
-        if not isinstance(entries, list) or not entries or "latent_video_path" not in entries[0]:
-            raise BadCtrlWorldSample(episode, path, "annotation has no latent_videos[0].latent_video_path")
-        paths.append(path)
-        latents.append(ep_dir / entries[0]["latent_video_path"])
-        first = first if first is not None else ann
-    assert first is not None
-    return _EpisodeFiles(episode, paths, first, latents)
-
-
-def _vectors(files: _EpisodeFiles, key: str) -> np.ndarray:
-    path = files.annotations[0]
-    if key not in files.annotation:
-        raise BadCtrlWorldSample(files.episode, path, f"annotation has no {key!r}")
-    try:
-        values = np.asarray(files.annotation[key], dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise BadCtrlWorldSample(files.episode, path, f"{key!r} is not a numeric [T, D] list ({e})") from e
-    if values.ndim != 2:
-        raise BadCtrlWorldSample(files.episode, path, f"{key!r} must be [T, D], got shape {values.shape}")
-    return values
-
-
-def _text(files: _EpisodeFiles) -> str:
-    texts = files.annotation.get("texts") or [""]
-    return str(texts[0])
-
-
-def _stack_views(files: _EpisodeFiles, latents: list[torch.Tensor]) -> torch.Tensor:
-    ref = latents[0]
-    for path, lat in zip(files.latents, latents, strict=True):
-        if lat.shape[1] != ref.shape[1] or lat.shape[3] != ref.shape[3]:
-            raise BadCtrlWorldSample(
-                files.episode, path,
-                f"latent [T, C, h, w] {tuple(lat.shape)} does not stack with {tuple(ref.shape)} (C and w must match)",
-            )  # fmt: skip
-    return torch.cat(latents, dim=2).float()
-
-
-def _episode_length(files: _EpisodeFiles, latents: list[torch.Tensor], values: np.ndarray) -> int:
-    lengths = {str(p): lat.shape[0] for p, lat in zip(files.latents, latents, strict=True)}
-    video_length = files.annotation.get("video_length")
-    if len(set(lengths.values())) != 1:
-        raise BadCtrlWorldSample(
-            files.episode, files.latents[0], f"views have different frame counts {lengths}"
-        )
-    n = next(iter(lengths.values()))
-    if n < 1:
-        raise BadCtrlWorldSample(files.episode, files.latents[0], "latent video has no frames")
-    if video_length is not None and int(video_length) != n:
-        raise BadCtrlWorldSample(
-            files.episode,
-            files.latents[0],
-            f"{n} latent frames but video_length {video_length} in {files.annotations[0]}",
-        )
-    if values.shape[0] != n:
-        raise BadCtrlWorldSample(
-            files.episode, files.annotations[0], f"{values.shape[0]} state/action rows for {n} latent frames"
-        )
-    return n
-
-
-# ------------------------------------------------------------------------------------------ episodes
-
-
-@dataclass
-class CtrlWorldEpisode:
-    """A whole episode, for rollouts: all frames, views stacked along height."""
-
-    episode_id: Any
-    latents: torch.Tensor  # float [T, C, V*h, w]
-    states: np.ndarray  # [T, D]
-    actions: np.ndarray | None  # [T, D], None when the annotation has no "actions" (upstream DROID)
-    text: str
-    annotation: dict[str, Any]  # the (first view's) annotation
-
-
-def load_episode(
-    dataset_root: PathLike,
-    episode_id: Any,
-    views: list[int] | tuple[int, ...] = (0, 1, 2),
-    layout: str = "auto",
-    *,
-    split: str = "train",
-) -> CtrlWorldEpisode:
-    """All frames of one episode: latents ``[T, C, V*h, w]``, states / actions ``[T, D]`` and the text.
-
-    ``split`` only matters for the droid layout (``annotation/<split>/<ep>.json``).
-    """
-    root = Path(dataset_root)
-    layout = detect_layout(root, split, layout)
-    views = list(views)
-    files = _episode_files(root, layout, split, episode_id, views)
-    latents = [_load_latent(episode_id, p) for p in files.latents]
-    states = _vectors(files, "states")
-    actions = _vectors(files, "actions") if "actions" in files.annotation else None
-    _episode_length(files, latents, states)
-    return CtrlWorldEpisode(
-        episode_id, _stack_views(files, latents), states, actions, _text(files), files.annotation
-    )
 
 
 # ------------------------------------------------------------------------------------------- dataset
@@ -428,24 +241,24 @@ class CtrlWorldDataset(Dataset):
     def _load(self, sample: dict[str, Any]) -> dict[str, Any]:
         c = self.cfg
         episode = sample["episode_id"]
-        files = _episode_files(self.root, self.layout, c.split, episode, self.views)
-        latents = [_load_latent(episode, p) for p in files.latents]
-        values = _vectors(files, c.action_key)
+        files = episode_files(self.root, self.layout, c.split, episode, self.views)
+        latents = [load_latent(episode, p) for p in files.latents]
+        values = vectors(files, c.action_key)
         if values.shape[1] != self.p01.shape[0]:
             raise BadCtrlWorldSample(
                 episode, files.annotations[0],
                 f"{c.action_key!r} has {values.shape[1]} dims, stat.json {self.p01.shape[0]}",
             )  # fmt: skip
-        length = _episode_length(files, latents, values)
+        length = episode_length(files, latents, values)
         t = int(sample["frame_ids"][0])
         ids = window_frame_ids(t, length, c.num_history, c.num_frames, c.history_stride, c.frame_stride)
         index = torch.tensor(ids, dtype=torch.long)
-        latent = _stack_views(files, [lat[index] for lat in latents])
+        latent = stack_view_latents(files, [lat[index] for lat in latents])
         action = normalise_actions(values[ids], self.p01, self.p99)
         return {
             keys.LATENTS: latent.contiguous(),
             keys.ACTIONS: torch.from_numpy(np.asarray(action, dtype=np.float32)),
-            keys.PROMPT: _text(files),
+            keys.PROMPT: instruction(files),
             keys.EPISODE_ID: episode,
             keys.FRAME_IDS: index,
         }
