@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import REPO
+from worldtune.cli import main
 from worldtune.data.video import load_clip
 from worldtune.data.video_write import write_video
 from worldtune.models.encoders.tiny import tiny_wan_vae
@@ -20,6 +22,7 @@ from worldtune.systems.lam.latent_h5 import (
     LatentH5Config,
     LatentSequenceDataset,
     describe,
+    prepare_lam_manifest,
     read_lam_manifest,
     write_lam_manifest,
 )
@@ -72,11 +75,12 @@ def test_manifest_splits_every_file_once_reproducibly(tmp_path):
     assert first["seed"] == 42 and first["ratios"] == {"train": 0.8, "val": 0.1, "test": 0.1}
     listed = first["train"] + first["val"] + first["test"]
     assert sorted(listed) == sorted(p.name for p in root.glob("*.h5"))  # each once, relative names
-    write_lam_manifest(root, seed=42)
-    assert json.loads(path.read_text()) == first
+    mtime = path.stat().st_mtime_ns
+    assert not prepare_lam_manifest(root, seed=42).written  # same files and settings: a no-op
+    assert json.loads(path.read_text()) == first and path.stat().st_mtime_ns == mtime
     manifest = read_lam_manifest(path, root)
     assert manifest.files("val") == [root / first["val"][0]] and manifest.seed == 42
-    write_lam_manifest(root, seed=7)
+    write_lam_manifest(root, seed=7, force=True)
     other = json.loads(path.read_text())
     assert other["val"] + other["test"] != first["val"] + first["test"]
     assert len(manifest.files("all")) == 10
@@ -87,6 +91,99 @@ def test_manifest_ratio_error_names_ratios(tmp_path):
     with pytest.raises(ValueError, match=r"train_ratio=0.5, val_ratio=0.3, test_ratio=0.3"):
         write_lam_manifest(root, 0.5, 0.3, 0.3)
     write_lam_manifest(root, 0.5, 0.5, 0.0)  # a zero ratio is fine
+
+
+def test_small_split_gets_one_file_or_fails_naming_it(tmp_path):
+    root = make_dir(tmp_path / "d", 5)
+    report = prepare_lam_manifest(root)  # 0.8 / 0.1 / 0.1 of 5 rounds to 4 / 1 / 0
+    assert report.counts == {"train": 3, "val": 1, "test": 1}
+    assert report.notes == ["test_ratio 0.1 of 5 files rounds to 0 files: 'test' gets 1 file from 'train'"]
+    assert [len(json.loads(report.path.read_text())[s]) for s in ("train", "val", "test")] == [3, 1, 1]
+    assert prepare_lam_manifest(root, 1.0, 0.0, 0.0, force=True).counts == {"train": 5, "val": 0, "test": 0}
+    two = make_dir(tmp_path / "two", 2)
+    with pytest.raises(LatentDataError, match=r"two/manifest.json: split 'test' \(test_ratio 0.1\) gets 0 of 2 "
+                       r"usable files \(train 1, val 1, test 0\): add files or set --test_ratio 0"):
+        prepare_lam_manifest(two)
+    assert not (two / "manifest.json").exists()
+
+
+def test_existing_manifest_is_not_re_split_without_force(tmp_path):
+    root = make_dir(tmp_path / "d", 10)
+    first = json.loads(write_lam_manifest(root).read_text())
+    with pytest.raises(LatentDataError, match=r"manifest.json: exists with another split \(files: \d+ would "
+                       r"change split\); .*re-split with --force"):
+        write_lam_manifest(root, seed=7)
+    write_h5(root / "video_10.h5")
+    with pytest.raises(LatentDataError, match=r"exists with another split \(files: .*1 new\)"):
+        write_lam_manifest(root)
+    assert json.loads((root / "manifest.json").read_text()) == first  # refused: untouched
+    (root / "manifest.json").write_text("{half written")
+    with pytest.raises(LatentDataError, match=r"exists but cannot be read .*--force replaces it"):
+        write_lam_manifest(root)
+    assert prepare_lam_manifest(root, force=True).written
+
+
+BAD_AT_MANIFEST = {
+    "rank": (lambda p: write_h5(p, name="latents", data=np.zeros((6, 16, 2, 8), np.float32)),
+             r"no 5-D dataset .*latents \[6, 16, 2, 8\]"),
+    "dtype": (lambda p: write_h5(p, data=np.zeros((6, 16, 2, 8, 8), np.int16)), r"dataset .latents. holds int16, expected floats"),
+    "nan": (lambda p: write_h5(p, data=np.where(np.arange(6)[:, None, None, None, None] == 5, np.nan,
+                                                chunk_values(6)).astype(np.float32)),
+            r"chunk 5 of dataset 'latents' holds NaN or inf"),
+    "shape": (lambda p: write_h5(p, data=chunk_values(6, hw=4)),
+              r"chunk shape \[16, 2, 4, 4\] \[C, T_latent, H, W\] differs from \[16, 2, 8, 8\]"),
+    "garbage": (lambda p: p.write_bytes(b"this is not an HDF5 file" * 10), "not a readable HDF5 file"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_AT_MANIFEST))
+def test_manifest_validates_every_file(tmp_path, kind):
+    root = make_dir(tmp_path / "d", 4)
+    make, message = BAD_AT_MANIFEST[kind]
+    make(root / "bad.h5")
+    with pytest.raises(LatentDataError, match=rf"bad\.h5: {message}"):
+        prepare_lam_manifest(root, 0.5, 0.25, 0.25)
+    assert not (root / "manifest.json").exists()
+    report = prepare_lam_manifest(root, 0.5, 0.25, 0.25, on_bad_sample="skip")
+    assert list(report.skipped) == ["bad.h5"] and sum(report.counts.values()) == 4
+    manifest = json.loads(report.path.read_text())
+    assert "bad.h5" not in manifest["train"] + manifest["val"] + manifest["test"]
+    assert manifest["skipped"] == report.skipped and manifest["chunk_shape"] == [16, 2, 8, 8]
+    assert not prepare_lam_manifest(root, 0.5, 0.25, 0.25, on_bad_sample="skip").written  # a rerun: no-op
+
+
+def test_manifest_checks_a_sample_of_chunks_or_all(tmp_path):
+    root = make_dir(tmp_path / "d", 2)
+    data = chunk_values(20)
+    data[7] = np.inf  # between the sampled chunks 0, 6, 13, 19 of a 4-chunk sample
+    write_h5(root / "late.h5", data=data)
+    assert prepare_lam_manifest(root, 1.0, 0.0, 0.0, check_chunks=4).counts["train"] == 3
+    with pytest.raises(LatentDataError, match=r"late\.h5: chunk 7 of dataset 'latents' holds NaN or inf"):
+        prepare_lam_manifest(root, 1.0, 0.0, 0.0, check_chunks=0, force=True)
+
+
+def test_manifest_cli_reports_and_refuses_in_one_line(tmp_path, capsys):
+    root = make_dir(tmp_path / "d", 5)
+    write_h5(root / "nan.h5", data=np.full((6, 16, 2, 8, 8), np.nan, np.float32))
+    assert main(["prepare", "lam-manifest", str(root), "--on_bad_sample", "skip"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{root / 'manifest.json'}: written; train 3, val 1, test 1 files of chunks [16, 2, 8, 8]"
+    assert out[-1] == "    nan.h5: chunk 0 of dataset 'latents' holds NaN or inf values"
+    assert main(["prepare", "lam-manifest", str(root), "--on_bad_sample", "skip"]) == 0
+    assert "unchanged (same files and settings)" in capsys.readouterr().out
+    assert main(["prepare", "lam-manifest", str(root), "--seed", "1", "--on_bad_sample", "skip"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"worldtune: error: {root / 'manifest.json'}: exists with another")
+    assert main(["prepare", "lam-manifest", str(root), "--seed", "1", "--on_bad_sample", "skip", "--force"]) == 0
+
+
+def test_help_names_the_h5_dataset(capsys):
+    for command in ("lam-manifest", "vae-latents"):
+        with pytest.raises(SystemExit):
+            main(["prepare", command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "[N_chunks, C=16, T_latent=2, H, W]" in text and "--dataset_name" in text
+        assert "the file's only 5-D dataset" in text and "'latents'" in text
 
 
 def test_manifest_missing_file_and_duplicates_and_bad_json(tmp_path):
@@ -235,6 +332,24 @@ def test_dataloader_with_spawn_workers(tmp_path):
     assert starts == [ds[i]["start_chunk"] for i in range(len(ds))]
     torch.testing.assert_close(latents, torch.stack([ds[i]["latents"] for i in range(len(ds))]))
     ds.close()
+
+
+def test_model_latent_size_mismatch_names_the_file_and_setting(tmp_path, capsys):
+    root = make_dir(tmp_path / "d", 4)
+    write_lam_manifest(root, 0.5, 0.25, 0.25)
+    dataset = LatentSequenceDataset(config(root, sequence_length=4))
+    dataset.check_model_frames(16, 8)  # the files' 16 x 8 x 8 frames fit
+    with pytest.raises(LatentDataError, match=r"video_0\d\.h5: latent frames are 16 x 8 x 8 \(C x H x W of "
+                       r"dataset 'latents'\), the model takes 16 x 64 x 64 \(model.in_channels x "
+                       r"model.latent_size\): set model.latent_size=8, or encode"):
+        dataset.check_model_frames(16, 64)
+    small = ["model.adapter_patch=4", "model.patch_dim=32", "model.embed_dim=64", "model.num_heads=4",
+             "model.encoder_depth=1", "model.decoder_depth=1", "model.codebook_dim=16"]
+    argv = ["train", str(REPO / "configs/lam/train.yaml"), f"data.data_dir={root}", f"output_dir={tmp_path / 'run'}",
+            "data.sequence_length=4", "model.latent_size=16", "log.wandb_project=null", *small]
+    assert main(argv) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("worldtune: ")]
+    assert len(err) == 1 and "latent frames are 16 x 8 x 8" in err[0] and "set model.latent_size=8" in err[0]
 
 
 def test_describe_reports_splits_and_sample(tmp_path):

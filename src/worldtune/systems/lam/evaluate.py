@@ -52,7 +52,9 @@ def open_split(cfg: LamRunConfig, data_dir, split: str) -> LatentSequenceDataset
     data = dataclasses.replace(cfg.data, data_dir=str(data_dir), split=split)
     if data.manifest_path and Path(data_dir) != Path(cfg.data.data_dir):
         data = dataclasses.replace(data, manifest_path=None)  # another folder: its own manifest or none
-    return LatentSequenceDataset(data)
+    dataset = LatentSequenceDataset(data)
+    dataset.check_model_frames(cfg.model.in_channels, cfg.model.latent_size)
+    return dataset
 
 
 def _batches(dataset: LatentSequenceDataset, size: int):

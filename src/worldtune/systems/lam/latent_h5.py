@@ -1,17 +1,24 @@
 """Sequences of VAE latents from H5 files (seed 3, VVAE latent action model).
 
-Each ``DATA_DIR/*.h5`` file holds one video as ``[N_chunks, C=16, T_latent=2, H, W]``: chunks encoded
-independently (see :mod:`worldtune.systems.lam.vae_latents`). A sequence is ``sequence_length`` latent frames
-cut from consecutive chunks of one file, the chunks concatenated along time. An item is::
+Each ``DATA_DIR/*.h5`` file holds one video as one float dataset (float16 or float32, read as float32)
+of shape ``[N_chunks, C=16, T_latent=2, H, W]``: chunks encoded independently (see
+:mod:`worldtune.systems.lam.vae_latents`, which writes it as ``latents``; the seed's files are
+``[N, 16, 2, 64, 64]``). The dataset is the one named by ``data.dataset_name``, or when that is null
+(the default) the file's only 5-D dataset, wherever it is; other datasets (fps, actions, ...) are
+ignored. A sequence is ``sequence_length`` latent frames cut from consecutive chunks of one file, the
+chunks concatenated along time. An item is::
 
     {"latents": float32 [C, sequence_length, H, W], "file": str, "start_chunk": int}
 
 Latents are returned as stored: this reader does not normalise them (the seed's LAM takes them raw).
+:meth:`LatentSequenceDataset.check_model_frames` compares the files' ``C x H x W`` with the model's
+``model.in_channels x model.latent_size x model.latent_size`` before anything is trained.
 
-Windows are indexed up front from dataset shapes only. Values are read per item, from H5 handles
-opened lazily in the process that reads (h5py handles survive neither fork nor pickling), and checked
-for NaN/inf there. ``on_bad_sample="skip"`` drops bad files up front and replaces a bad window by
-the next good one; every skip is logged and recorded in ``dataset.skipped`` of the reading process.
+Windows are indexed up front from dataset shapes only (``prepare lam-manifest`` has checked dtypes
+and values on a sample of chunks). Values are read per item, from H5 handles opened lazily in the
+process that reads (h5py handles survive neither fork nor pickling), and checked for NaN/inf there.
+``on_bad_sample="skip"`` drops bad files up front and replaces a bad window by the next good one;
+every skip is logged and recorded in ``dataset.skipped`` of the reading process.
 """
 
 from __future__ import annotations
@@ -37,14 +44,15 @@ from worldtune.systems.lam.latent_h5_files import (
     open_latent_file,
 )
 from worldtune.systems.lam.latent_h5_manifest import (
+    BAD_SAMPLE_MODES,
     MANIFEST_FILE,
     SPLITS,
     LamManifest,
     LatentDataError,
     list_h5_files,
     read_lam_manifest,
-    write_lam_manifest,
 )
+from worldtune.systems.lam.latent_h5_prepare import prepare_lam_manifest, write_lam_manifest
 
 __all__ = [
     "LamManifest",
@@ -52,13 +60,13 @@ __all__ = [
     "LatentH5Config",
     "LatentSequenceDataset",
     "describe",
+    "prepare_lam_manifest",
     "read_lam_manifest",
     "write_lam_manifest",
 ]
 
 logger = logging.getLogger("worldtune.data.latent_h5")
 
-BAD_SAMPLE_MODES = ("error", "skip")
 # Bounds open files per process when a split has thousands of H5 files.
 MAX_OPEN_FILES = 64
 
@@ -74,7 +82,7 @@ class LatentH5Config:
     split: str = "train"  # "train" | "val" | "test" | "all" ("all" needs no manifest)
     sequence_length: int = 8  # latent frames per sequence, a multiple of the chunk's latent frames
     sequence_stride: int = 1  # chunks between the starts of consecutive sequences
-    dataset_name: str | None = None  # None: the only 5-D dataset in each file
+    dataset_name: str | None = None  # H5 dataset [N_chunks, C, T, H, W]; None: the file's only 5-D one
     channels: int = 16  # expected latent channels
     on_bad_sample: str = "error"  # "error" | "skip" (log, count, exclude)
 
@@ -148,6 +156,25 @@ class LatentSequenceDataset(Dataset):
 
     def __len__(self) -> int:
         return self._ends[-1]
+
+    def check_model_frames(self, channels: int, latent_size: int) -> None:
+        """The files' latent frames ``C x H x W`` are the model's ``channels x latent_size x latent_size``
+        (every file of a split shares the first one's chunk shape)."""
+        first = self.files[0]
+        c, _, h, w = first.chunk_shape
+        if (c, h, w) == (channels, latent_size, latent_size):
+            return
+        fix = []
+        if (h, w) != (latent_size, latent_size):
+            fix.append(f"model.latent_size={h}" if h == w else "square latents (model.latent_size is H = W)")
+        if c != channels:
+            fix.append(f"model.in_channels={c} and data.channels={c}")
+        raise LatentDataError(
+            first.path,
+            f"latent frames are {c} x {h} x {w} (C x H x W of dataset {first.dataset!r}), the model takes "
+            f"{channels} x {latent_size} x {latent_size} (model.in_channels x model.latent_size): "
+            f"set {' and '.join(fix)}, or encode the videos at another size",
+        )
 
     def locate(self, index: int) -> tuple[LatentFile, int]:
         """The file and first chunk of window ``index``."""

@@ -1,7 +1,11 @@
-"""One latent H5 file, checked from dataset shapes alone: ``[N_chunks, C, T_latent, H, W]``.
+"""One latent H5 file: a dataset ``[N_chunks, C, T_latent, H, W]`` of floats.
 
-Opening reads only metadata (HDF5 headers); values are read, and checked for NaN/inf, per item.
-Every problem is a :class:`LatentDataError` naming the file.
+Which dataset: the one named by ``dataset_name`` (``data.dataset_name``, ``--dataset_name``), or, when
+that is None (the default), the file's only 5-D dataset, wherever it is in the file
+(``prepare vae-latents`` writes it as ``latents``). :func:`open_latent_file` reads only metadata
+(HDF5 headers) and is what a reader does on open; values are read, and checked for NaN/inf, per item.
+:func:`validate_latent_file` is the manifest's stricter check: a float dtype and finite values on a
+sample of chunks too. Every problem is a :class:`LatentDataError` naming the file.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import numpy as np
 
-from worldtune.systems.lam.latent_h5_manifest import LatentDataError
+from worldtune.systems.lam.latent_h5_manifest import CHECKED_CHUNKS, LatentDataError
 
 LATENT_RANK = 5  # [N_chunks, C, T_latent, H, W]
 
@@ -98,7 +103,9 @@ def check_latent_file(
     """Channels, enough chunks for one sequence, and the same chunk shape as ``reference``."""
     c = file.shape[1]
     if c != channels:
-        raise LatentDataError(file.path, f"dataset {file.dataset!r} has {c} channels, expected {channels}")
+        raise LatentDataError(
+            file.path, f"dataset {file.dataset!r} has {c} channels, expected {channels} (data.channels)"
+        )
     needed = chunks_per_sequence(file, sequence_length)
     if file.num_chunks < needed:
         raise LatentDataError(
@@ -111,3 +118,38 @@ def check_latent_file(
             f"chunk shape {list(file.chunk_shape)} differs from {list(reference.chunk_shape)} "
             f"of {reference.path.name}; sequences from both cannot be batched",
         )
+
+
+def sampled_chunks(num_chunks: int, count: int) -> list[int]:
+    """``count`` chunk indices spread evenly from the first to the last (all of them when ``count`` is 0)."""
+    if count <= 0 or count >= num_chunks:
+        return list(range(num_chunks))
+    if count == 1:
+        return [0]
+    return sorted({round(i * (num_chunks - 1) / (count - 1)) for i in range(count)})
+
+
+def _check_values(f: h5py.File, file: LatentFile, check_chunks: int) -> None:
+    dataset = f[file.dataset]
+    if dataset.dtype.kind != "f":
+        raise LatentDataError(
+            file.path, f"dataset {file.dataset!r} holds {dataset.dtype}, expected floats (float16 / float32)"
+        )
+    for chunk in sampled_chunks(file.num_chunks, check_chunks):
+        try:
+            values = np.asarray(dataset[chunk])
+        except OSError as e:
+            raise LatentDataError(file.path, f"cannot read chunk {chunk} of dataset {file.dataset!r} ({e})") from e
+        if not np.isfinite(values).all():
+            raise LatentDataError(file.path, f"chunk {chunk} of dataset {file.dataset!r} holds NaN or inf values")
+
+
+def validate_latent_file(path: Path, dataset_name: str | None, check_chunks: int = CHECKED_CHUNKS) -> LatentFile:
+    """:func:`open_latent_file`, then a float dtype, at least one chunk, and finite values in
+    ``check_chunks`` chunks spread over the file (every chunk when 0)."""
+    file = open_latent_file(path, dataset_name)
+    if file.num_chunks == 0:
+        raise LatentDataError(path, f"dataset {file.dataset!r} has no chunks (shape {list(file.shape)})")
+    with h5py.File(path, "r") as f:
+        _check_values(f, file, check_chunks)
+    return file

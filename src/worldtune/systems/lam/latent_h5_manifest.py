@@ -3,10 +3,16 @@
 ``DATA_DIR/manifest.json``::
 
     {"version": 1, "seed": 42, "ratios": {"train": 0.8, "val": 0.1, "test": 0.1},
+     "dataset_name": null, "chunk_shape": [16, 2, 64, 64], "skipped": {"bad.h5": "why"},
      "train": ["a.h5", ...], "val": [...], "test": [...]}
 
-File names are relative to DATA_DIR. Every ``*.h5`` file directly in DATA_DIR lands in exactly one
-split; which one is drawn with ``random.Random(seed)``, so the same seed gives the same split.
+File names are relative to DATA_DIR. Every usable ``*.h5`` file directly in DATA_DIR lands in exactly
+one split; which one is drawn with ``random.Random(seed)``, so the same seed gives the same split.
+Split sizes are ``n * ratio`` rounded by largest remainder, except that a split with a non-zero ratio
+never ends up empty: it takes one file from the largest split (5 files at 0.8 / 0.1 / 0.1 give
+3 / 1 / 1), and too few files for that is an error naming the split. ``skipped`` lists the files
+left out as bad (``--on_bad_sample skip``). This module reads and checks the format; writing it
+(validating the files, refusing to re-split) is :mod:`worldtune.systems.lam.latent_h5_prepare`.
 """
 
 from __future__ import annotations
@@ -14,17 +20,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from worldtune.data.errors import DataError
-from worldtune.utils.atomic import write_text_atomic
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 SPLITS = ("train", "val", "test")
 _RATIO_TOLERANCE = 1e-6
+# What a reader or the manifest does with a bad file: stop naming it, or leave it out and count it.
+BAD_SAMPLE_MODES = ("error", "skip")
+# Chunks whose values the manifest checks per file: enough to catch a file of NaNs or a broken tail
+# without reading every chunk of thousands of files.
+CHECKED_CHUNKS = 8
 
 PathLike = str | os.PathLike[str]
 
@@ -80,37 +89,33 @@ def split_counts(n: int, ratios: tuple[float, ...]) -> list[int]:
     return counts
 
 
-def write_lam_manifest(
-    data_dir: PathLike,
-    train_ratio: float = 0.8,
-    val_ratio: float = 0.1,
-    test_ratio: float = 0.1,
-    seed: int = 42,
-) -> Path:
-    """Write ``DATA_DIR/manifest.json`` with a random, reproducible split of the ``*.h5`` files."""
-    check_ratios(train_ratio, val_ratio, test_ratio)
-    root = Path(data_dir)
-    names = list_h5_files(root)
-    if not names:
-        raise LatentDataError(root, "no *.h5 files to split")
-    random.Random(seed).shuffle(names)
-    ratios = (train_ratio, val_ratio, test_ratio)
-    manifest: dict[str, object] = {
-        "version": MANIFEST_VERSION,
-        "seed": seed,
-        "ratios": dict(zip(SPLITS, ratios, strict=True)),
-    }
-    start = 0
-    for split, count in zip(SPLITS, split_counts(len(names), ratios), strict=True):
-        # Sorted within a split: membership is random, the listing stays easy to diff.
-        manifest[split] = sorted(names[start : start + count])
-        start += count
-    path = root / MANIFEST_FILE
-    write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
-    return path
+def nonempty_split_counts(n: int, ratios: tuple[float, ...], where: PathLike) -> tuple[list[int], list[str]]:
+    """:func:`split_counts`, then one file for every split with a non-zero ratio that got none, taken
+    from the largest split: (counts, a note per such move). Too few files for that raises."""
+    counts = split_counts(n, ratios)
+    wanted = [i for i, r in enumerate(ratios) if r > 0]
+    notes = []
+    for i in wanted:
+        if counts[i]:
+            continue
+        donor = max(wanted, key=lambda j: (counts[j], -j))
+        if counts[donor] < 2:
+            listed = ", ".join(f"{SPLITS[j]} {counts[j]}" for j in range(len(ratios)))
+            raise LatentDataError(
+                where,
+                f"split {SPLITS[i]!r} ({SPLITS[i]}_ratio {ratios[i]:g}) gets 0 of {n} usable files "
+                f"({listed}): add files or set --{SPLITS[i]}_ratio 0",
+            )
+        counts[donor] -= 1
+        counts[i] += 1
+        notes.append(
+            f"{SPLITS[i]}_ratio {ratios[i]:g} of {n} files rounds to 0 files: "
+            f"{SPLITS[i]!r} gets 1 file from {SPLITS[donor]!r}"
+        )
+    return counts, notes
 
 
-def _load_json(path: Path) -> dict[str, object]:
+def load_manifest_json(path: Path) -> dict[str, object]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
@@ -148,7 +153,7 @@ def _check_unique(splits: dict[str, tuple[str, ...]], path: Path) -> None:
 def read_lam_manifest(path: PathLike, data_dir: PathLike) -> LamManifest:
     """Load and validate a manifest: well-formed, every file listed once and present in ``data_dir``."""
     path, root = Path(path), Path(data_dir)
-    raw = _load_json(path)
+    raw = load_manifest_json(path)
     splits = _split_names(raw, path)
     _check_unique(splits, path)
     for names in splits.values():

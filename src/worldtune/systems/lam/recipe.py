@@ -51,6 +51,8 @@ class LamRecipe(Recipe):
         restart = DeadCodeRestart(threshold) if threshold else None
         train = LatentSequenceDataset(dataclasses.replace(cfg.data, split="train"))
         val = _optional_split(cfg.data, "val")
+        for dataset in filter(None, (train, val)):  # a mismatch names the file and model.latent_size
+            dataset.check_model_frames(model_cfg.in_channels, model_cfg.latent_size)
         return Parts(model=model, train_dataset=train, val_dataset=val, cfg=cfg,
                      extras={"restart": restart})
 
