@@ -29,13 +29,14 @@ from typing import Any, Protocol
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from worldtune.data.errors import CacheMissError, StaleCacheError
 from worldtune.utils.atomic import atomic_path
 from worldtune.utils.logging import get_logger
 from worldtune.utils.logging import progress as progress_bar
+from worldtune.utils.weight_files import save_safetensors
 
 CACHE_VERSION = 1
 META_FILE = "meta.json"
@@ -87,7 +88,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _write_tensors(path: Path, tensors: Tensors) -> int:
-    _atomic_replace(path, lambda tmp: save_file(tensors, str(tmp)))
+    save_safetensors(tensors, path)  # atomic, and with the umask's mode (safetensors alone gives 0600)
     return path.stat().st_size
 
 

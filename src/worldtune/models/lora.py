@@ -31,8 +31,9 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
+
+from worldtune.utils.weight_files import save_safetensors
 
 PEFT_PREFIX = "base_model.model."
 COMFY_PREFIX = "diffusion_model."
@@ -150,7 +151,7 @@ def save_lora(model: nn.Module, path: str | Path, format: str = "peft", adapter_
     else:
         raise ValueError(f"unknown LoRA format {format!r}; use 'peft' or 'comfyui'")
     file.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(file), metadata={"format": "pt"})
+    save_safetensors(tensors, file, metadata={"format": "pt"})
     if format == "peft":
         config.save_pretrained(str(file.parent))
     return file

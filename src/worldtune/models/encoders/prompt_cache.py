@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+
+from worldtune.utils.weight_files import save_safetensors
 
 from .common import PathLike
 
@@ -92,9 +92,7 @@ class PromptCache:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        save_file({"embeds": value.contiguous().cpu()}, str(tmp), metadata={"prompt": prompt})
-        os.replace(tmp, path)
+        save_safetensors({"embeds": value.contiguous().cpu()}, path, metadata={"prompt": prompt})
 
 
 def files_fingerprint(paths: Iterable[Path], *extra: str) -> str:
