@@ -97,3 +97,36 @@ def test_shards_equal_the_single_process_build(ranks, name):
         for param_name, (region, local) in result["shards"].items():
             assert torch.equal(local, expected[param_name].detach()[region]), (rank, param_name)
         torch.testing.assert_close(result["forward"], forward(single), rtol=1e-5, atol=1e-6)
+
+
+def test_a_vidar_run_under_torchrun_starts_from_the_single_process_weights(tmp_path):
+    """Through the trainer (`Parts.load_after_shard` after `prepare_model`): with a zero learning
+    rate the 2-rank run's checkpoint is its initial model, which must be the one a single process
+    builds from the run's seed, LoRA adapters included."""
+    from conftest import step_metric
+    from episode_fixtures import write_dataset
+    from worldtune.systems import load_config
+    from worldtune.systems.vidar.recipe import RECIPE
+    from worldtune.train import checkpoint as ckpt
+    from worldtune.train.export import load_weights
+    from worldtune.train.rng import seed_all
+
+    data = write_dataset(tmp_path / "data", n_episodes=4, num_frames=12, fps=10, size=(64, 64))
+    run = tmp_path / "run"
+    overrides = [f"data.data_dir={data}", f"output_dir={run}", "train.max_steps=1", "train.batch_size=1",
+                 "train.learning_rate=0", "train.warmup_steps=0", "checkpoint.every_steps=0",
+                 "validation.every_steps=0", "model.lora_rank=2"]
+    config = REPO / "configs" / "vidar" / "tiny.yaml"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "worldtune.cli", "train", str(config), *overrides]
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "built on meta and sharded over 2 ranks" in result.stderr
+    assert sorted(step_metric(run)) == [1]
+    trained = load_weights(ckpt.latest_checkpoint(run))
+    cfg = load_config(config, overrides)
+    seed_all(cfg.seed)  # as the trainer does before building
+    expected = RECIPE.build(cfg).model.state_dict()
+    assert set(trained) == set(expected) and any(".lora_" in k for k in trained)
+    for key, value in expected.items():
+        assert torch.equal(trained[key], value), key

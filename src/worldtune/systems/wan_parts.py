@@ -143,6 +143,8 @@ def dit_loader(cfg) -> Callable[[nn.Module, DistEnv], None]:
 
     def load_after_shard(model: nn.Module, env: DistEnv) -> None:
         if any(p.is_meta for p in model.parameters()):
+            log.info("the DiT was built on meta and sharded over %d ranks: each loads its own shards",
+                     env.world_size)
             load_sharded_dit(model, cfg.model, shard_device(cfg.dist, env))
 
     return load_after_shard
