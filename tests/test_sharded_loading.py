@@ -54,6 +54,7 @@ def ranks(tmp_path_factory) -> dict:
         {"name": "random_lora", "model": {"size": "tiny", **lora}, "keep_shards": True},
         {"name": "base_delta_lora", "keep_shards": True,
          "model": {"ckpt_dir": str(root / "tiny_base"), "pt_dir": str(root / "delta.pt"), **lora}},
+        {"name": "delta_only_lora", "keep_shards": True, "model": {"size": "tiny", "pt_dir": str(root / "delta.pt"), **lora}},
     ]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(REPO / "tests" / "sharded_loading_worker.py"), str(root), json.dumps({"runs": runs, "seed": SEED})]
@@ -83,10 +84,10 @@ def test_forward_matches_the_model_loaded_in_one_process(ranks):
         torch.testing.assert_close(result["forward"], expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["random_lora", "base_delta_lora"])
+@pytest.mark.parametrize("name", ["random_lora", "base_delta_lora", "delta_only_lora"])
 def test_shards_equal_the_single_process_build(ranks, name):
-    """No base (random init) or base + delta, with LoRA: every shard is its region of what one
-    process builds from the same seed, so a run is the same on any number of ranks."""
+    """No base (random init), base + delta, or a delta alone, with LoRA: every shard is its region
+    of what one process builds from the same seed, so a run is the same on any number of ranks."""
     torch.manual_seed(SEED)
     single = build_dit(model_config(ranks["specs"][name]["model"]))
     expected = dict(single.named_parameters())

@@ -69,8 +69,8 @@ class WanModelConfig:
 
 
 def build_dit(cfg: WanModelConfig, device: str | None = None, weights: Source | None = None) -> nn.Module:
-    """The DiT: base weights from ckpt_dir (or a random `size`), LoRA, then pt_dir and `weights` (a
-    path or state dict: `generate --weights`, a run's weights) on top.
+    """The DiT: base weights from ckpt_dir (or a random `size`), then pt_dir, then LoRA, then
+    `weights` (a path or state dict: `generate --weights`, a run's weights, adapters included).
 
     `device="meta"` builds it on meta and loads nothing (`worldtune inspect`). Under torchrun (a
     process group of several ranks) it is built on meta too, and `dit_loader` fills it once the
@@ -78,33 +78,45 @@ def build_dit(cfg: WanModelConfig, device: str | None = None, weights: Source | 
     """
     if device == "meta" or (device is None and _sharded_run() and _lora_init_on_meta(cfg)):
         return _meta_dit(cfg)
-    deltas = [source for source in (cfg.pt_dir, weights) if source is not None]
     if cfg.ckpt_dir:
         model, report = load_wan(cfg.ckpt_dir, config=_config_or_none(cfg), strict=False)
         _require_full(report, cfg.ckpt_dir)
         log.info("model.ckpt_dir %s", report.summary())
-    elif deltas:  # weights for the whole DiT, probably: built on meta, what they lack initialised
-        model = build_wan(wan_config(cfg.size), device="meta")
+    elif cfg.pt_dir is not None or weights is not None:  # weights for the whole DiT, probably
+        model = build_wan(wan_config(cfg.size), device="meta")  # what they lack is initialised
     else:
         log.warning("model.ckpt_dir is not set: the DiT (%s) starts from random weights", cfg.size)
         model = build_wan(wan_config(cfg.size), device=device)
+    if cfg.pt_dir is not None:  # before LoRA, whose initialisation may read the base weights (pissa)
+        _load_delta(model, cfg.pt_dir, cfg, fill_missing=_on_meta(model))
     if cfg.lora_rank > 0:
-        add_lora(model, lora_settings(cfg))
-    if not model.patch_embedding.weight.is_meta:
-        init_lora_(model, cfg)
-    for index, source in enumerate(deltas):
-        first_on_meta = index == 0 and model.patch_embedding.weight.is_meta
-        report = load_into(model, source, init_missing=_initial_values(model, cfg) if first_on_meta else None)
-        _log_delta(report, cfg, first_on_meta)
+        _add_lora(model, cfg)
+    if weights is not None:
+        _load_delta(model, weights, cfg, fill_missing=_on_meta(model))
     return model
 
 
-def _log_delta(report, cfg: WanModelConfig, on_meta: bool) -> None:
+def _on_meta(model: nn.Module) -> bool:
+    return model.patch_embedding.weight.is_meta
+
+
+def _load_delta(model: nn.Module, source: Source, cfg: WanModelConfig, fill_missing: bool) -> None:
+    """Weights over the model; with `fill_missing` (a model without a base: on meta, or sharded
+    and empty) what they lack starts as a fresh model's."""
+    report = load_into(model, source, init_missing=_initial_values(model, cfg) if fill_missing else None)
     log.info("DiT weights %s", report.summary())
     random = [name for name in report.initialised if ".lora_" not in name]
-    if on_meta and random:
+    if random:
         log.warning("model.ckpt_dir is not set: %d DiT tensors not in %s start from random weights (%s)",
                     len(random), report.source, cfg.size)
+
+
+def _add_lora(model: nn.Module, cfg: WanModelConfig) -> None:
+    if _on_meta(model) and cfg.lora.init not in _META_LORA_INITS:
+        initialise(model, _initial_values(model, cfg))  # this initialisation reads the base weights
+    add_lora(model, lora_settings(cfg))
+    if not _on_meta(model):
+        init_lora_(model, cfg)
 
 
 def lora_settings(cfg: WanModelConfig) -> LoraSettings:
@@ -160,14 +172,14 @@ def load_sharded_dit(model: nn.Module, cfg: WanModelConfig, device: torch.device
         log.warning("model.ckpt_dir is not set: the DiT (%s) starts from random weights", cfg.size)
         initialise(model, init)
         return
-    report = load_into(model, sources[0], init_missing=init)
-    if cfg.ckpt_dir:
-        _require_full(report, cfg.ckpt_dir, ignore_lora=True)
-        log.info("model.ckpt_dir %s", report.summary())
-    else:
-        _log_delta(report, cfg, on_meta=True)
-    for source in sources[1:]:
-        _log_delta(load_into(model, source), cfg, on_meta=False)
+    if not cfg.ckpt_dir:
+        _load_delta(model, cfg.pt_dir, cfg, fill_missing=True)
+        return
+    report = load_into(model, cfg.ckpt_dir, init_missing=init)
+    _require_full(report, cfg.ckpt_dir, ignore_lora=True)
+    log.info("model.ckpt_dir %s", report.summary())
+    if cfg.pt_dir:
+        log.info("model.pt_dir %s", load_into(model, cfg.pt_dir).summary())
 
 
 def _initial_values(model: nn.Module, cfg: WanModelConfig) -> Callable[[str, torch.Tensor], torch.Tensor]:

@@ -164,8 +164,8 @@ def index_map(index: Path) -> dict[str, Path]:
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U64": torch.uint64,
+    "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 
 
@@ -340,9 +340,10 @@ class WeightSource:
         return reader.shape(key)
 
     def fresh(self, name: str) -> bool:
-        """Whether `read` returns a tensor nobody else holds (read or mapped from a file by this
-        source), which a model may keep without a copy; a caller's state dict is not."""
-        return not isinstance(self._where[name][0], TensorDict)
+        """Whether `read` returns a tensor nobody else holds, which a model may keep without a copy:
+        safetensors reads are; a caller's state dict is not, nor a torch file's tensors (they map
+        the file, and a file rewritten in place under a mapping faults the process)."""
+        return isinstance(self._where[name][0], SafetensorsFile)
 
     def read(self, name: str, region: Region | None = None) -> torch.Tensor:
         reader, key = self._where[name]
