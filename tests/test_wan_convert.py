@@ -72,6 +72,19 @@ def _expected_original_keys(variant: str) -> set[str]:
     return keys
 
 
+@torch.no_grad()
+def _diffusers_forward(model: nn.Module, variant: str) -> torch.Tensor:
+    """A forward of a tiny diffusers model (what a loader's test runs on what it loaded)."""
+    g = torch.Generator().manual_seed(0)
+    extra = {}
+    if variant == "i2v":
+        extra["encoder_hidden_states_image"] = torch.randn(1, 3, 20, generator=g)
+    if variant == "vace":
+        extra["control_hidden_states"] = torch.randn(1, 8, 1, 4, 4, generator=g)
+    x, text = torch.randn(1, 16, 1, 4, 4, generator=g), torch.randn(1, 6, 32, generator=g)
+    return model.eval()(x, torch.tensor([500.0]), text, return_dict=False, **extra)[0]
+
+
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert set(a) == set(b)
     for key in a:
@@ -163,6 +176,7 @@ def test_save_diffusers_loads_with_from_pretrained(tmp_path: Path, variant: str,
     assert (tmp_path / "diffusion_pytorch_model.safetensors.index.json").exists() == (shard_size == "30KB")
     loaded = VARIANTS[variant][0].from_pretrained(tmp_path)
     _assert_same(loaded.state_dict(), model.state_dict())
+    torch.testing.assert_close(_diffusers_forward(loaded, variant), _diffusers_forward(model, variant))
     _assert_same(read_state_dict(tmp_path), original)  # diffusers names read back as original names
 
 
