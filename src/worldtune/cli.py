@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from worldtune.config import ConfigError
 from worldtune.data.errors import StaleCacheError
 from worldtune.systems import Command, all_systems
+from worldtune.utils.threads import prefer_passive_openmp
 
 # Verbs systems add to; anything else a system declares becomes a verb of its own.
 VERB_HELP = {
@@ -25,6 +26,7 @@ VERB_HELP = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    prefer_passive_openmp()  # before any command imports torch: idle OpenMP threads sleep, not spin
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -187,11 +187,16 @@ class DistConfig:
     reshard_after_forward: bool = True
     # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     backend: str = "auto"
+    # torch intra-op threads per process; null: OMP_NUM_THREADS if set (outside multi-rank torchrun),
+    # else the cores this process may use (affinity mask) / local ranks. Workers: 1 each (utils/threads.py).
+    num_threads: int | None = None
 
     def check(self) -> None:
         _check_choice("dist.mixed_precision", self.mixed_precision, ("auto", "bf16", "fp16", "fp32"))
         _check_choice("dist.reduce_dtype", self.reduce_dtype, ("fp32", "bf16"))
         _check_choice("dist.backend", self.backend, ("auto", "nccl", "gloo"))
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"dist.num_threads: must be >= 1 or null (the usable cores), got {self.num_threads}")
 
 
 @dataclass

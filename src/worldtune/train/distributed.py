@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from worldtune.config import DistConfig
+from worldtune.utils.threads import configure_threads
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -45,6 +46,7 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    configure_threads(cfg.num_threads)  # usable cores / local ranks, before the first parallel op
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:

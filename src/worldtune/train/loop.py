@@ -48,6 +48,7 @@ from worldtune.train.run_lock import acquire_for_run
 from worldtune.train.stages import Stage, apply_trainable, plan_stages, stage_index_at, trainable_names
 from worldtune.train.validation import Validator
 from worldtune.utils.logging import get_logger
+from worldtune.utils.threads import worker_init_fn
 
 log = get_logger()
 
@@ -482,6 +483,7 @@ def make_loader(dataset: SeededDataset, sampler: EpochBatchSampler, parts: Parts
         # Video decoders are not fork-safe; spawn keeps workers clean.
         multiprocessing_context="spawn" if workers > 0 else None,
         persistent_workers=workers > 0,
+        worker_init_fn=worker_init_fn,  # one torch thread per worker: they share the trainer's cores
         pin_memory=env.device.type == "cuda",
         # A private generator: creating an iterator must not advance the training RNG.
         generator=torch.Generator().manual_seed(cfg.seed),

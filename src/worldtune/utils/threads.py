@@ -1,0 +1,115 @@
+"""CPU threads: torch's intra-op pool sized to the cores this process may use, and passive OpenMP waits.
+
+Two problems, both worst on a small or shared machine:
+
+- torch sizes its pool from the machine's cores, not from the cores the process may run on
+  (``os.sched_getaffinity``: a container's or ``taskset``'s mask), and every local rank of a
+  torchrun job takes the whole pool. :func:`configure_threads` gives each process
+  ``dist.num_threads``, else ``OMP_NUM_THREADS`` when the user set it, else
+  ``usable cores // local ranks`` (``LOCAL_WORLD_SIZE``), and logs the choice. Under torchrun with
+  several local ranks ``OMP_NUM_THREADS`` is not taken: torchrun sets it to 1 itself when unset, so
+  it says nothing about the user's wish (``dist.num_threads`` does). DataLoader workers get one
+  thread each (:func:`worker_init_fn`).
+- OpenMP threads that finish their share of an op spin, burning their core, until the slowest
+  thread is done (GNU OpenMP: up to 300,000 spins before sleeping). When another process holds a
+  core, the thread it preempted finishes late and its partners spin through their time slices
+  meanwhile, so every parallel op waits for the scheduler. ``OMP_WAIT_POLICY=PASSIVE`` makes
+  waiting threads sleep instead. OpenMP reads it once, when torch loads it: :func:`prefer_passive_openmp`
+  sets it (unless the user did) and must run before ``import torch`` (the command line does it first).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from worldtune.utils.logging import get_logger
+
+logger = get_logger("worldtune.utils.threads")
+
+WAIT_POLICY = "OMP_WAIT_POLICY"
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """How many intra-op threads this process uses, and why."""
+
+    threads: int
+    cores: int  # cores this process may run on
+    local_ranks: int  # processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE)
+    source: str  # "dist.num_threads", "OMP_NUM_THREADS" or "cores"
+
+    def describe(self) -> str:
+        if self.source == "cores":
+            ranks = f" / {self.local_ranks} local ranks" if self.local_ranks > 1 else ""
+            why = f"{self.cores} usable cores{ranks}; dist.num_threads overrides"
+        else:
+            why = f"{self.source}={self.threads}"
+        policy = os.environ.get(WAIT_POLICY, "unset")
+        return f"torch threads: {self.threads} ({why}); 1 per DataLoader worker; {WAIT_POLICY}={policy}"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask), or every core where there is no mask."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity masks
+        return os.cpu_count() or 1
+
+
+def local_ranks() -> int:
+    """Processes of this job on this machine: torchrun's LOCAL_WORLD_SIZE, 1 without torchrun."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def _env_threads(ranks: int) -> int | None:
+    """OMP_NUM_THREADS when the user set it: outside torchrun jobs of several local ranks (where
+    torchrun itself sets it to 1 when unset)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not value.isdigit() or int(value) < 1 or ranks > 1:
+        return None
+    return int(value)
+
+
+def choose_threads(requested: int | None, cores: int, ranks: int, env_threads: int | None = None) -> ThreadChoice:
+    """``requested`` (dist.num_threads), else ``env_threads`` (OMP_NUM_THREADS), else an equal share of
+    ``cores`` per local rank (at least 1)."""
+    if requested is not None and requested < 1:
+        raise ValueError(f"dist.num_threads must be >= 1 (or null for the usable cores), got {requested}")
+    if requested is not None:
+        return ThreadChoice(requested, cores, ranks, "dist.num_threads")
+    if env_threads is not None:
+        return ThreadChoice(env_threads, cores, ranks, "OMP_NUM_THREADS")
+    return ThreadChoice(max(1, cores // ranks), cores, ranks, "cores")
+
+
+def configure_threads(requested: int | None, ranks: int | None = None) -> ThreadChoice:
+    """Set torch's intra-op threads for this process (see the module docstring) and log the choice.
+
+    ``ranks`` defaults to :func:`local_ranks`.
+    """
+    import torch
+
+    ranks = local_ranks() if ranks is None else ranks
+    choice = choose_threads(requested, usable_cores(), ranks, _env_threads(ranks))
+    torch.set_num_threads(choice.threads)
+    logger.info(choice.describe())
+    return choice
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one intra-op thread per worker, whatever the parent chose
+    (the workers run beside the training process, on the same cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def prefer_passive_openmp() -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a policy. Only effective before torch is
+    imported (OpenMP reads it when it loads); returns whether it will take effect."""
+    if "torch" in sys.modules:
+        return False
+    os.environ.setdefault(WAIT_POLICY, "PASSIVE")
+    return True
