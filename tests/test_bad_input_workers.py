@@ -2,7 +2,7 @@
 
 Torch rebuilds a worker's exception as `type(message)`: `DataError(path, problem)` cannot be built so,
 and used to reach the user as a RuntimeError holding the worker's traceback. The trainer now carries
-user-data errors out of the workers itself (`worldtune.train.loop.CarriedError`).
+user-data errors out of the workers itself (`worldtune.train.loader.CarriedError`).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def test_affinity_mask_not_machine_cores(six_cores, restore_threads, thread_log)
     assert (choice.threads, choice.cores, choice.local_ranks) == (6, 6, 1)
     assert torch.get_num_threads() == 6
     assert thread_log[-1].startswith("torch threads: 6 (6 usable cores; dist.num_threads overrides); "
-                                     "1 per DataLoader worker; OMP_WAIT_POLICY=")
+                                     "1 in each data-loading worker; OMP_WAIT_POLICY=")
 
 
 def test_torchrun_local_ranks_divide_the_cores(six_cores, monkeypatch, restore_threads, thread_log):

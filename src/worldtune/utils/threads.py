@@ -47,7 +47,7 @@ class ThreadChoice:
         else:
             why = f"{self.source}={self.threads}"
         policy = os.environ.get(WAIT_POLICY, "unset")
-        return f"torch threads: {self.threads} ({why}); 1 per DataLoader worker; {WAIT_POLICY}={policy}"
+        return f"torch threads: {self.threads} ({why}); 1 in each data-loading worker; {WAIT_POLICY}={policy}"
 
 
 def usable_cores() -> int:
