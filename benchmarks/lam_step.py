@@ -23,7 +23,8 @@ def run_side(args: argparse.Namespace) -> dict:
 
     from worldtune.config import DistConfig
     from worldtune.models.lam import LamConfig, VVAELatentActionVQVAE
-    from worldtune.systems.lam.recipe import LamRecipe, LamRunConfig
+    from worldtune.systems.lam.config import LamRunConfig
+    from worldtune.systems.lam.recipe import LamRecipe
     from worldtune.train.distributed import DistEnv, default_blocks, prepare_model
     from worldtune.train.recipe import Parts
 
@@ -33,7 +34,7 @@ def run_side(args: argparse.Namespace) -> dict:
     env = DistEnv(0, 1, 0, device)
     model = prepare_model(model, default_blocks(model), DistConfig(activation_checkpointing=args.side == "ac"), env)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    parts = Parts(model=model, train_dataset=None, extras={"cfg": LamRunConfig(recipe="lam", output_dir=".")})
+    parts = Parts(model=model, train_dataset=None, cfg=LamRunConfig(recipe="lam", output_dir="."))
     latents = torch.randn(args.batch, 16, args.sequence, 64, 64, device=device) * 0.5
     recipe = LamRecipe()
     baseline = _peak_bytes(device, reset=True)
