@@ -7,15 +7,18 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Identical thread counts make CPU float results reproducible across the processes we compare: the
+# trainer sets torch's threads from OMP_NUM_THREADS (utils/threads.py), here and in every subprocess.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
 
-# Identical thread counts make CPU float results reproducible across the processes we compare.
 torch.set_num_threads(1)
 
 
