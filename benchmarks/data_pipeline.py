@@ -6,6 +6,7 @@ and instructions as in the Vidar seed layout). Prints
 
     clip loader samples/s ratio loader/bare: X.XX (goal >= 0.9: meets|misses)
     cached step speedup (decode+encode / cache): X.X x
+    converter frames/s ratio converter/bare VAE: X.XX (goal >= 0.8: meets|misses)
 
 and always exits 0: this is a measurement, not a test.
 
@@ -35,6 +36,17 @@ and always exits 0: this is a measurement, not a test.
    information, `--trainer-rounds` alternating `Trainer.fit()` runs per side report their median
    `perf/step_time` from metrics.jsonl.
 
+3. Ctrl-World converter (`convert_recordings`, what `worldtune prepare ctrl-world` runs) on toyenv
+   recordings (`--convert-episodes` of `--convert-frames` frames, three cameras, `--convert-src-size`,
+   raw or `--convert-jpeg`) with a tiny 8x-downsampling SVD VAE, against the bare VAE: the same
+   frames, read and resized beforehand, through `SVDVaeLatents.encode` in the converter's chunks of
+   `FRAME_CHUNK` frames. frames/s = camera frames / seconds; each round times both sides, the order
+   flipping; medians over `--convert-rounds`. The headline is the ratio converter/bare (goal >= 0.8):
+   what reading, decoding, resizing and writing cost on top of the VAE. For information the same
+   pair runs with `encoder_batch=--convert-encoder-batch` (the VAE on a few frames per call, faster
+   on a CPU, latents equal to the last bits only). The issue's setting (3 recordings of 96 frames at
+   240x320, encoded at 192x320): `--convert-frames 96 --convert-src-size 240x320 --convert-size 192x320`.
+
 Threads: `--threads 1` by default, as in a DataLoader worker (which torch limits to one thread),
 and because on a busy 2-core machine torch's two OpenMP threads mostly wait for each other
 (elementwise ops measured 10-100x slower than with one thread there). `--threads 0` keeps torch's
@@ -51,6 +63,7 @@ import io
 import json
 import math
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -60,6 +73,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -72,6 +86,7 @@ from worldtune.data.video import (
     to_model_range,
 )
 from worldtune.data.video_write import write_video
+from worldtune.models.encoders.latent_spaces import SVDVaeLatents, frames_to_model_range, tiny_svd_vae
 from worldtune.systems import load_config, train_run
 from worldtune.systems.vidar.recipe import VidarRecipe
 from worldtune.train.data import move_to_device
@@ -501,6 +516,84 @@ def training_steps(root: Path, work: Path, args: argparse.Namespace) -> dict[str
     return result
 
 
+# ----------------------------------------------------------------------------- converter
+
+CONVERT_GOAL = 0.8
+CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+
+
+def write_recordings(root: Path, args: argparse.Namespace) -> list[Path]:
+    from worldtune.data.toyenv import generate_dataset
+
+    return generate_dataset(root, args.convert_episodes, seed=args.seed, num_steps=args.convert_frames,
+                            image_size=args.convert_src_size, cameras=CAMERAS, jpeg=args.convert_jpeg,
+                            show_progress=False)
+
+
+def resized_chunks(recordings: list[Path], size: tuple[int, int]) -> list[torch.Tensor]:
+    """Every camera's frames as the converter hands them to the latent space: FRAME_CHUNK at a time,
+    in [-1, 1], resized (bilinear) to `size`."""
+    from worldtune.systems.ctrl_world.convert_recording import FRAME_CHUNK, decode_image, image_kind
+
+    chunks = []
+    for path in recordings:
+        with h5py.File(path, "r") as f:
+            for cam in CAMERAS:
+                ds = f[f"observations/images/{cam}"]
+                frames = ds[()] if image_kind(ds) == "raw" else np.stack([decode_image(d) for d in ds])
+                for start in range(0, len(frames), FRAME_CHUNK):
+                    x = frames_to_model_range(frames[start : start + FRAME_CHUNK])
+                    chunks.append(F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp_(-1, 1))
+    return chunks
+
+
+def converter_pair(recordings: list[Path], work: Path, args: argparse.Namespace,
+                   encoder_batch: int | None) -> tuple[float, float]:
+    """Median frames/s of (converter, bare VAE) over interleaved rounds."""
+    from worldtune.systems.ctrl_world.convert import convert_recordings
+
+    space = SVDVaeLatents(tiny_svd_vae(block_out_channels=(32, 32, 32, 32)), encoder_batch=encoder_batch)
+    chunks = resized_chunks(recordings, args.convert_size)
+    frames = sum(c.shape[0] for c in chunks)
+    h, w = args.convert_size
+
+    def bare(_: int) -> None:
+        for chunk in chunks:
+            space.encode(chunk)
+
+    def converter(r: int) -> None:
+        out = work / f"convert_{encoder_batch}_{r}" / "data"
+        with quiet():
+            convert_recordings(recordings[0].parent, out, space, dataset_name="bench", cameras=CAMERAS,
+                               height=h, width=w, progress=False)
+        shutil.rmtree(out.parent)
+
+    bare(0)  # warm-up: first-call allocations
+    times: dict[str, list[float]] = {"converter": [], "bare": []}
+    for r in range(args.convert_rounds):
+        for name in ("converter", "bare") if r % 2 == 0 else ("bare", "converter"):
+            times[name].append(time_call(converter if name == "converter" else bare, r)[0])
+    return frames / med(times["converter"]), frames / med(times["bare"])
+
+
+def converter_speed(work: Path, args: argparse.Namespace) -> dict[str, float]:
+    recordings = write_recordings(work / "recordings", args)
+    (sh, sw), (h, w) = args.convert_src_size, args.convert_size
+    kind = "JPEG" if args.convert_jpeg else "raw"
+    print(f"\n3. Ctrl-World converter: {len(recordings)} recordings x {args.convert_frames} frames x "
+          f"{len(CAMERAS)} cameras, {kind} {sh}x{sw} -> {h}x{w}, tiny 8x SVD VAE")
+    result: dict[str, float] = {}
+    for encoder_batch in (None, args.convert_encoder_batch):
+        conv, bare = converter_pair(recordings, work, args, encoder_batch)
+        label = "default" if encoder_batch is None else f"encoder_batch={encoder_batch}"
+        print(f"   {label}: converter {conv:.2f} frames/s, bare VAE {bare:.2f} frames/s -> ratio {conv / bare:.2f}")
+        key = "" if encoder_batch is None else "_batched"
+        result |= {f"converter{key}": conv, f"bare{key}": bare, f"ratio{key}": conv / bare}
+    print(f"   encoder_batch={args.convert_encoder_batch} vs default: converter "
+          f"{result['converter_batched'] / result['converter']:.2f}x faster")
+    return result
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -520,6 +613,7 @@ def main() -> None:
               f"{h}x{w} h264 crf {args.crf}, noise {args.noise:g} ({size / 1e6:.2f} MB, "
               f"{size * 8 / sum(lengths) * args.src_fps / 1e3:.0f} kbit/s), written in {built:.1f}s")
         loader = clip_loader(root, args) if not args.skip_loader else None
+        convert = converter_speed(work, args) if not args.skip_convert else None
         steps, failure = None, None
         if not args.skip_steps:
             try:
@@ -535,8 +629,11 @@ def main() -> None:
         print(f"cached step speedup (decode+encode / cache): {steps['speedup']:.1f} x")
     elif failure is not None:
         print(f"cached step speedup (decode+encode / cache): n/a (failed: {failure[:120]})")
+    if convert is not None:
+        verdict = "meets" if convert["ratio"] >= CONVERT_GOAL else "misses"
+        print(f"converter frames/s ratio converter/bare VAE: {convert['ratio']:.2f} (goal >= {CONVERT_GOAL}: {verdict})")
     if args.json:
-        print("DATA_PIPELINE_RESULT " + json.dumps({"loader": loader, "steps": steps}))
+        print("DATA_PIPELINE_RESULT " + json.dumps({"loader": loader, "steps": steps, "convert": convert}))
 
 
 def size_arg(text: str) -> tuple[int, int]:
@@ -584,6 +681,16 @@ def parse_args() -> argparse.Namespace:
                        help="alternating Trainer.fit() runs per side, for information (0: skip)")
     steps.add_argument("--trainer-steps", type=int, default=20)
     steps.add_argument("--skip-steps", action="store_true")
+    convert = parser.add_argument_group("3. Ctrl-World converter")
+    convert.add_argument("--convert-episodes", type=int, default=2)
+    convert.add_argument("--convert-frames", type=int, default=48, help="frames per recording")
+    convert.add_argument("--convert-src-size", type=size_arg, default=(120, 160), help="HEIGHTxWIDTH recorded")
+    convert.add_argument("--convert-size", type=size_arg, default=(96, 160), help="HEIGHTxWIDTH encoded (x8)")
+    convert.add_argument("--convert-jpeg", action="store_true", help="JPEG frames (default: raw uint8)")
+    convert.add_argument("--convert-rounds", type=int, default=2)
+    convert.add_argument("--convert-encoder-batch", type=int, default=2,
+                         help="encoder_batch of the second, informative pair")
+    convert.add_argument("--skip-convert", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")

@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ctrl_world_fixtures import (
     CAMS,
@@ -30,6 +31,7 @@ from worldtune.models.encoders.latent_spaces import (
     tiny_svd_vae,
 )
 from worldtune.systems.ctrl_world.convert import (
+    FRAME_CHUNK,
     MARKER,
     BadRecording,
     ConvertMismatchError,
@@ -284,6 +286,50 @@ def test_tiny_svd_vae_conversion(tmp_path):
         )
     )
     assert ds[0]["latents"].shape == (5, 4, 3 * 16, 24)
+
+
+def _vae_latents_by_chunk(vae, frames: np.ndarray, size: tuple[int, int], chunk: int = FRAME_CHUNK) -> torch.Tensor:
+    """The converter's latents as the VAE gives them: resized frames, one posterior draw per read
+    chunk from a generator seeded with 0 per chunk, times the scaling factor."""
+    out = []
+    for start in range(0, len(frames), chunk):
+        x = F.interpolate(frames_to_model_range(frames[start:start + chunk]), size=size, mode="bilinear",
+                          align_corners=False).clamp_(-1, 1)
+        with torch.no_grad():
+            dist = vae.encode(x).latent_dist
+        out.append(dist.sample(generator=torch.Generator().manual_seed(0)) * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+def test_converted_svd_latents_are_bitwise_the_vaes(tmp_path):
+    """The latents are exactly the VAE's (sampled posterior, chunked reads, a tail chunk of 8 frames):
+    speed work on the converter must not change a bit of them."""
+    make_recordings(tmp_path / "in", 1, t=FRAME_CHUNK + 8, h=40, w=56)
+    vae = tiny_svd_vae(seed=0)
+    stats = convert(tmp_path / "in", tmp_path / "flexiv_data", SVDVaeLatents(vae), height=32, width=48,
+                    num_history=2, num_frames=3)
+    assert stats.num_frames == FRAME_CHUNK + 8
+    with h5py.File(tmp_path / "in/rec_00.hdf5") as f:
+        frames = {cam: f[f"observations/images/{cam}"][()] for cam in CAMS}
+    for v, cam in enumerate(CAMS):
+        latent = torch.load(tmp_path / f"flexiv_data/0/latent_videos/{v}/0.pt", weights_only=True)
+        assert torch.equal(latent, _vae_latents_by_chunk(vae, frames[cam], (32, 48)))
+
+
+def test_encoder_batch_option_same_noise_and_its_own_identity(tmp_path):
+    make_recordings(tmp_path / "in", 1, t=12, h=32, w=48)
+    vae = tiny_svd_vae(seed=0)
+    convert(tmp_path / "in", tmp_path / "a/data", SVDVaeLatents(vae), height=32, width=48, num_history=2,
+            num_frames=3)
+    batched = SVDVaeLatents(vae, encoder_batch=5)  # parts of 5, 5 and 2 frames
+    assert batched.identity.endswith(", encoder batch 5)") and "encoder batch" not in SVDVaeLatents(vae).identity
+    convert(tmp_path / "in", tmp_path / "b/data", batched, height=32, width=48, num_history=2, num_frames=3)
+    for v in range(len(CAMS)):
+        default, small = (torch.load(tmp_path / f"{d}/data/0/latent_videos/{v}/0.pt", weights_only=True)
+                          for d in ("a", "b"))
+        torch.testing.assert_close(small, default, atol=1e-5, rtol=1e-5)  # the same draw, to the last bits
+    with pytest.raises(ConvertMismatchError, match="latent_space"):  # never mixed into one folder
+        convert(tmp_path / "in", tmp_path / "a/data", batched, height=32, width=48, num_history=2, num_frames=3)
 
 
 def test_svd_from_pretrained(tmp_path):

@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> ConvertStats:
 def convert_from_args(a: argparse.Namespace) -> ConvertStats:
     options: dict[str, Any] = {"device": a.device} if a.latent_space == "svd" else {}
     if a.latent_space == "svd":
-        options["allow_download"] = a.allow_download
+        options.update(allow_download=a.allow_download, encoder_batch=a.encoder_batch)
     space = build_latent_space(a.latent_space, svd_path=a.vae_path, factor=a.factor, **options)
     stats = convert_recordings(
         a.input_dir, a.output_dir, space, dataset_name=a.dataset_name, cameras=a.cameras,

@@ -55,7 +55,7 @@ def _dataset(f: h5py.File, key: str) -> h5py.Dataset | None:
     return obj if isinstance(obj, h5py.Dataset) else None
 
 
-def _image_kind(ds: h5py.Dataset) -> str | None:
+def image_kind(ds: h5py.Dataset) -> str | None:
     """The image storage: "raw" (uint8 [T, H, W, 3]), "encoded" (one JPEG / PNG per element) or None."""
     if ds.ndim == 4 and ds.dtype == np.uint8 and ds.shape[-1] == 3:
         return "raw"
@@ -66,7 +66,7 @@ def _image_kind(ds: h5py.Dataset) -> str | None:
     return None
 
 
-def _decode_image(data: Any) -> np.ndarray:
+def decode_image(data: Any) -> np.ndarray:
     raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
     with Image.open(io.BytesIO(raw)) as image:
         return np.asarray(image.convert("RGB"))
@@ -126,7 +126,7 @@ class _Recording:
                 raise BadRecording(
                     path, f"missing camera {cam!r}: no dataset {key!r} (cameras there: {have})"
                 )
-            kind = _image_kind(ds)
+            kind = image_kind(ds)
             if kind is None:
                 raise BadRecording(
                     path,
@@ -191,7 +191,7 @@ class _Recording:
         out = []
         for i in indices:
             try:
-                image = _decode_image(ds[i])
+                image = decode_image(ds[i])
             except Exception as e:  # PIL raises several types for corrupt data
                 raise BadRecording(self.path, f"camera {cam!r}: cannot decode image frame {i} ({e})") from e
             if out and image.shape != out[0].shape:
