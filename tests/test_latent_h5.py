@@ -352,6 +352,18 @@ def test_model_latent_size_mismatch_names_the_file_and_setting(tmp_path, capsys)
     assert len(err) == 1 and "latent frames are 16 x 8 x 8" in err[0] and "set model.latent_size=8" in err[0]
 
 
+def test_overfit_cpu_config_is_the_overfit_test_with_a_smaller_model(tmp_path):
+    from worldtune.systems import load_config
+    from worldtune.systems.lam.recipe import RECIPE
+
+    seed, cpu = (load_config(REPO / f"configs/lam/{name}.yaml", [f"data.data_dir={tmp_path}"])
+                 for name in ("overfit", "overfit_cpu"))
+    assert cpu.train.test_mode and cpu.train.learning_rate == seed.train.learning_rate
+    assert (cpu.model.in_channels, cpu.model.latent_size) == (seed.model.in_channels, seed.model.latent_size)
+    sizes = [sum(p.numel() for p in RECIPE.build_model(c).parameters()) for c in (seed, cpu)]
+    assert sizes[1] * 10 < sizes[0]
+
+
 def test_describe_reports_splits_and_sample(tmp_path):
     root = make_dir(tmp_path / "d")
     write_lam_manifest(root)
