@@ -109,3 +109,13 @@ def make_loader(dataset: SeededDataset, sampler: EpochBatchSampler, parts: Parts
         # A private generator: creating an iterator must not advance the training RNG.
         generator=torch.Generator().manual_seed(cfg.seed),
     )
+
+
+def close_loader(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers now. Left to interpreter exit after an error, they are
+    terminated while multiprocessing joins them, and torch's SIGCHLD handler prints a second traceback
+    ("DataLoader worker ... is killed by signal: Terminated") under the user's one-line error."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None

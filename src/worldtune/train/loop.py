@@ -37,7 +37,7 @@ from worldtune.train.distributed import (
     shutdown,
 )
 from worldtune.train.ema import EMA
-from worldtune.train.loader import make_loader, raise_carried_error, report_skipped
+from worldtune.train.loader import close_loader, make_loader, raise_carried_error, report_skipped
 from worldtune.train.logging import RunLogger
 from worldtune.train.optim import build_optimizer, build_scheduler, load_scheduler_state, scheduler_state
 from worldtune.train.recipe import Recipe
@@ -95,6 +95,8 @@ class Trainer:
         except KeyboardInterrupt as interrupt:
             raise self._interrupted() from interrupt
         finally:
+            if getattr(self, "loader", None) is not None:
+                close_loader(self.loader)
             if lock is not None:
                 lock.release()
             shutdown(self.env)
