@@ -233,24 +233,6 @@ class SafetensorsFile:
         return buffer.view(dtype).reshape(count, *row_shape)
 
 
-class TorchFile:
-    """A torch pickle of a state dict, read with `weights_only=True` (no code runs) and mapped."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._tensors = unwrap_state_dict(_torch_load(path), path)
-
-    def keys(self) -> list[str]:
-        return list(self._tensors)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._tensors[key].shape)
-
-    def read(self, key: str, region: Region | None = None) -> torch.Tensor:
-        tensor = self._tensors[key]
-        return tensor[region] if region else tensor
-
-
 class TensorDict:
     """An in-memory state dict behind the same interface."""
 
@@ -267,6 +249,14 @@ class TensorDict:
     def read(self, key: str, region: Region | None = None) -> torch.Tensor:
         tensor = self._tensors[key]
         return tensor[region] if region else tensor
+
+
+class TorchFile(TensorDict):
+    """A torch pickle of a state dict, read with `weights_only=True` (no code runs) and mapped."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(unwrap_state_dict(_torch_load(path), path))
+        self.path = path
 
 
 WeightFile = SafetensorsFile | TorchFile | TensorDict
