@@ -39,7 +39,7 @@ and always exits 0: this is a measurement, not a test.
 3. Ctrl-World converter (`convert_recordings`, what `worldtune prepare ctrl-world` runs) on toyenv
    recordings (`--convert-episodes` of `--convert-frames` frames, three cameras, `--convert-src-size`,
    raw or `--convert-jpeg`) with a tiny 8x-downsampling SVD VAE, against the bare VAE: the same
-   frames, read and resized beforehand, through `SVDVaeLatents.encode` in the converter's chunks of
+   frames, read and resized beforehand, through `encode_frames(SVDVaeLatents)` in the converter's chunks of
    `FRAME_CHUNK` frames. frames/s = camera frames / seconds; each round times both sides, the order
    flipping; medians over `--convert-rounds`. The headline is the ratio converter/bare (goal >= 0.8):
    what reading, decoding, resizing and writing cost on top of the VAE. For information the same
@@ -86,7 +86,8 @@ from worldtune.data.video import (
     to_model_range,
 )
 from worldtune.data.video_write import write_video
-from worldtune.models.encoders.latent_spaces import SVDVaeLatents, frames_to_model_range, tiny_svd_vae
+from worldtune.models.encoders.latent_spaces import encode_frames, frames_to_model_range
+from worldtune.models.encoders.svd_vae import SVDVaeLatents, tiny_svd_vae
 from worldtune.systems import load_config, train_run
 from worldtune.systems.vidar.recipe import VidarRecipe
 from worldtune.train.data import move_to_device
@@ -559,7 +560,7 @@ def converter_pair(recordings: list[Path], work: Path, args: argparse.Namespace,
 
     def bare(_: int) -> None:
         for chunk in chunks:
-            space.encode(chunk)
+            encode_frames(space, chunk)
 
     def converter(r: int) -> None:
         out = work / f"convert_{encoder_batch}_{r}" / "data"

@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from worldtune.models.encoders.latent_spaces import LatentSpace, SpaceToDepthLatents
+from worldtune.models.encoders.common import LatentSpace
+from worldtune.models.encoders.pixel import PixelLatents
 from worldtune.systems.ctrl_world.convert import convert_recordings
 
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
@@ -107,7 +108,7 @@ def convert(inp: Path, out: Path, space: LatentSpace | None = None, **kw):
     kw.setdefault("height", H)
     kw.setdefault("width", W)
     kw.setdefault("progress", False)
-    return convert_recordings(inp, out, space or SpaceToDepthLatents(4), **kw)
+    return convert_recordings(inp, out, space or PixelLatents(patch=4), **kw)
 
 
 def convert_two(base: Path):

@@ -24,12 +24,13 @@ from ctrl_world_fixtures import (
     write_recording,
 )
 from worldtune.models.encoders.latent_spaces import (
-    SpaceToDepthLatents,
-    SVDVaeLatents,
+    decode_frames,
+    encode_frames,
     frames_to_model_range,
     frames_to_uint8,
-    tiny_svd_vae,
 )
+from worldtune.models.encoders.pixel import PixelLatents
+from worldtune.models.encoders.svd_vae import SVDVaeLatents, tiny_svd_vae
 from worldtune.systems.ctrl_world.convert import (
     FRAME_CHUNK,
     MARKER,
@@ -152,7 +153,7 @@ def test_refuses_a_different_dataset(tmp_path):
     with pytest.raises(ConvertMismatchError, match="dataset_name: 'flexiv_1113' there, 'other' now"):
         convert(tmp_path / "in", out, dataset_name="other")
     with pytest.raises(ConvertMismatchError, match="latent_space"):
-        convert(tmp_path / "in", out, space=SpaceToDepthLatents(2))
+        convert(tmp_path / "in", out, space=PixelLatents(patch=2))
     with pytest.raises(ConvertMismatchError, match="height"):
         convert(tmp_path / "in", out, height=32)
     with pytest.raises(ConvertMismatchError, match="cameras"):
@@ -214,16 +215,16 @@ def test_too_short_after_downsampling_and_missing_instruction(tmp_path):
 
 def test_space_to_depth_latents_decode_exactly(converted, tmp_path):
     _, out, recs, _ = converted
-    space = SpaceToDepthLatents(4)
+    space = PixelLatents(patch=4)
     for v, cam in enumerate(CAMS):
         latent = torch.load(out / f"1/latent_videos/{v}/0.pt", weights_only=True)
-        np.testing.assert_array_equal(frames_to_uint8(space.decode(latent)), recs[1]["frames"][cam])
+        np.testing.assert_array_equal(frames_to_uint8(decode_frames(space, latent)), recs[1]["frames"][cam])
     # JPEG recordings: the latents hold the decoded JPEG frames exactly.
     jrecs = make_recordings(tmp_path / "in", 2, encoding="jpeg")
     convert(tmp_path / "in", tmp_path / "data")
     latent = torch.load(tmp_path / "data/0/latent_videos/2/0.pt", weights_only=True)
     np.testing.assert_array_equal(
-        frames_to_uint8(space.decode(latent)), np.stack(jrecs[0]["frames"]["cam_right_wrist"])
+        frames_to_uint8(decode_frames(space, latent)), np.stack(jrecs[0]["frames"]["cam_right_wrist"])
     )
 
 
@@ -247,7 +248,7 @@ def test_other_jpeg_storages(tmp_path, storage):
                 f.create_dataset(f"observations/images/{cam}", data=np.array([e.tobytes() for e in encoded]))
     convert(tmp_path / "in", tmp_path / "data")
     latent = torch.load(tmp_path / "data/0/latent_videos/1/0.pt", weights_only=True)
-    decoded = frames_to_uint8(SpaceToDepthLatents(4).decode(latent))
+    decoded = frames_to_uint8(decode_frames(PixelLatents(patch=4), latent))
     np.testing.assert_array_equal(decoded, originals["cam_left_wrist"])
 
 
@@ -255,7 +256,7 @@ def test_tiny_svd_vae_conversion(tmp_path):
     make_recordings(tmp_path / "in", 2, t=12, h=40, w=56)
     vae = tiny_svd_vae(seed=0)
     space = SVDVaeLatents(vae, posterior="mode")
-    assert (space.channels, space.downsample) == (4, 2)
+    assert (space.z_dim, space.spatial_stride, space.temporal_stride) == (4, 2, 1)
     stats = convert(
         tmp_path / "in", tmp_path / "flexiv_data", space, height=32, width=48, fps_downsample=2,
         num_history=2, num_frames=3,
@@ -272,11 +273,17 @@ def test_tiny_svd_vae_conversion(tmp_path):
     with torch.no_grad():
         ref = vae.encode(x.clamp(-1, 1)).latent_dist.mode() * vae.config.scaling_factor
     torch.testing.assert_close(latent, ref, atol=1e-5, rtol=1e-5)
-    decoded = space.decode(latent)
+    decoded = decode_frames(space, latent)
     assert decoded.shape == (6, 3, 32, 48) and decoded.abs().max() <= 1.0
+    # The video protocol: [B, 3, T, H, W] clips in, each decoded as its own clip.
+    clips = space.encode(torch.stack([x, x.flip(0)]).transpose(1, 2))
+    assert clips.shape == (2, 4, 6, 16, 24) and space.latent_shape(6, 32, 48) == (4, 6, 16, 24)
+    torch.testing.assert_close(clips[0].transpose(0, 1), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(space.decode(clips)[1].transpose(0, 1), decode_frames(space, ref.flip(0)),
+                               atol=1e-5, rtol=1e-5)
     # Upstream's posterior sample is reproducible (seeded per call).
     sampler = SVDVaeLatents(vae)
-    torch.testing.assert_close(sampler.encode(frames), sampler.encode(frames))
+    torch.testing.assert_close(encode_frames(sampler, frames), encode_frames(sampler, frames))
     ds = CtrlWorldDataset(
         CtrlWorldDataConfig(
             dataset_root=str(tmp_path / "flexiv_data"),
@@ -335,7 +342,7 @@ def test_encoder_batch_option_same_noise_and_its_own_identity(tmp_path):
 def test_svd_from_pretrained(tmp_path):
     tiny_svd_vae().save_pretrained(tmp_path / "svd" / "vae")
     space = SVDVaeLatents.from_pretrained(tmp_path / "svd")
-    assert space.channels == 4 and str(tmp_path / "svd" / "vae") in space.identity
+    assert space.z_dim == 4 and str(tmp_path / "svd" / "vae") in space.identity
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
         SVDVaeLatents.from_pretrained(tmp_path / "nowhere")
 

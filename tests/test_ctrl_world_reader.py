@@ -11,14 +11,15 @@ import torch
 from omegaconf import OmegaConf
 
 from ctrl_world_fixtures import D, H, T, W, make_frames
+from worldtune.models.encoders import LatentSpace, PixelLatents, tiny_wan_vae
 from worldtune.models.encoders.latent_spaces import (
-    LatentSpace,
-    SpaceToDepthLatents,
-    SVDVaeLatents,
+    build_latent_space,
+    decode_frames,
+    encode_frames,
     frames_to_model_range,
     frames_to_uint8,
-    tiny_svd_vae,
 )
+from worldtune.models.encoders.svd_vae import SVDVaeLatents, tiny_svd_vae
 from worldtune.systems.ctrl_world.dataset import (
     BadCtrlWorldSample,
     CtrlWorldDataConfig,
@@ -187,12 +188,16 @@ def test_droid_layout(tmp_path):
 
 
 def test_latent_space_protocol_and_round_trip():
-    space = SpaceToDepthLatents(4)
-    assert isinstance(space, LatentSpace) and isinstance(SVDVaeLatents(tiny_svd_vae()), LatentSpace)
+    space = build_latent_space("space_to_depth", factor=4)
+    assert isinstance(space, PixelLatents) and space.identity == "space_to_depth(factor=4)"
+    for other in (SVDVaeLatents(tiny_svd_vae()), tiny_wan_vae()):  # one protocol for all three
+        assert isinstance(other, LatentSpace) and other.identity
     frames = make_frames(3, 4, 16, 24)
-    latents = space.encode(frames)
+    latents = encode_frames(space, frames)
     assert latents.shape == (4, 48, 4, 6)
-    np.testing.assert_array_equal(frames_to_uint8(space.decode(latents)), frames)
-    torch.testing.assert_close(space.encode(frames_to_model_range(frames)), latents)
+    np.testing.assert_array_equal(frames_to_uint8(decode_frames(space, latents)), frames)
+    torch.testing.assert_close(encode_frames(space, frames_to_model_range(frames)), latents)
     with pytest.raises(ValueError, match="multiple of the downsampling factor 4"):
-        space.encode(make_frames(0, 1, 18, 24))
+        encode_frames(space, make_frames(0, 1, 18, 24))
+    with pytest.raises(ValueError, match="temporal_stride 1"):  # a video VAE folds frames: not per frame
+        encode_frames(tiny_wan_vae(), frames)

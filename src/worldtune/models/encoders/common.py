@@ -29,11 +29,20 @@ class EncoderLoadError(RuntimeError):
 
 @runtime_checkable
 class LatentSpace(Protocol):
-    """The interface recipes rely on: `WanVAE` and `PixelLatents` both satisfy it."""
+    """What every latent space gives the code that trains on or converts into it.
+
+    `encode(video [B, 3, T, H, W] in [-1, 1]) -> latents [B, z_dim, T', H / spatial_stride, ...]`
+    (already scaled for the model) and `decode` back to float32 video in [-1, 1]. `WanVAE`
+    (`temporal_stride` 4), `SVDVaeLatents` and `PixelLatents` (frame by frame: `temporal_stride` 1)
+    satisfy it; `latent_spaces.encode_frames` / `decode_frames` use a per-frame one on `[T, ...]` frames.
+    `identity` names the space and every setting that changes its latents: equal identities give
+    equal latents, so a converted dataset records it and never mixes two.
+    """
 
     z_dim: int
     temporal_stride: int
     spatial_stride: int
+    identity: str
 
     def encode(self, video: torch.Tensor) -> torch.Tensor: ...
 

@@ -1,4 +1,5 @@
-"""An identity "VAE" for tiny runs: pixels are the latents, optionally folded into patches."""
+"""An identity "VAE" for tiny runs and CPU demos: pixels are the latents, optionally folded into
+patches (space-to-depth)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from .common import FrozenModule, check_frames, check_video
 
 
 class PixelLatents(FrozenModule):
-    """Same interface as `WanVAE` on raw pixels.
+    """The `LatentSpace` of raw pixels (`--latent_space space_to_depth --factor N` is `patch=N`).
 
     `patch` > 1 folds each `patch x patch` block of a frame into channels (space-to-depth), so
     `z_dim = 3 * patch**2` and the spatial stride is `patch`; time is never folded
@@ -25,6 +26,9 @@ class PixelLatents(FrozenModule):
         self.z_dim = channels * patch * patch
         self.temporal_stride = 1
         self.spatial_stride = patch
+        # The name converted Ctrl-World datasets record (a folder never mixes two latent spaces).
+        extra = "" if channels == 3 else f", c{channels}"
+        self.identity = f"space_to_depth(factor={patch}{extra})"
         self.freeze()
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -58,3 +62,6 @@ class PixelLatents(FrozenModule):
             )
             z = z.transpose(1, 2)
         return z.clamp(-1.0, 1.0)
+
+    def extra_repr(self) -> str:
+        return self.identity

@@ -116,6 +116,13 @@ class WanVAE(FrozenModule):
             self.batch_chunk = batch_chunk
         return self
 
+    @property
+    def identity(self) -> str:
+        """The name and settings that decide the latents (tiling changes them near seams)."""
+        name = self.vae.config.get("_name_or_path") or "unnamed"
+        tiles = f", tiles {self.tile_size} step {self.tile_stride}" if self.tiled else ""
+        return f"wan_vae({name}, z{self.z_dim}, x{self.spatial_stride}, t{self.temporal_stride}{tiles})"
+
     def _sync_tiling(self) -> None:
         # Diffusers keeps tiling as mutable model state; set it per call so options stay ours.
         vae = self.vae

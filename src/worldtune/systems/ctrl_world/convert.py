@@ -65,7 +65,8 @@ from typing import Any
 
 import torch
 
-from worldtune.models.encoders.latent_spaces import LatentSpace, build_latent_space
+from worldtune.models.encoders.common import LatentSpace
+from worldtune.models.encoders.latent_spaces import build_latent_space
 from worldtune.systems.ctrl_world.convert_args import DEFAULT_CAMERAS, DESCRIPTION, add_arguments
 from worldtune.systems.ctrl_world.convert_layout import (
     MARKER,
@@ -172,7 +173,7 @@ def convert_recordings(
         raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
     if num_history < 0 or num_frames < 1 or history_stride < 1 or frame_stride < 1:
         raise ValueError("need num_history >= 0, num_frames >= 1, history_stride >= 1 and frame_stride >= 1")
-    down = latent_space.downsample
+    down = latent_space.spatial_stride
     if height < 1 or width < 1 or height % down or width % down:
         raise ValueError(
             f"height x width {height}x{width} must be positive multiples of {down} ({latent_space.identity})"

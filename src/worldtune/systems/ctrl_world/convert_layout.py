@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import torch
 
-from worldtune.models.encoders.latent_spaces import LatentSpace
+from worldtune.models.encoders.common import LatentSpace
 from worldtune.systems.ctrl_world.convert_recording import BadRecording, _Options, _Recording
 
 MARKER = ".worldtune_convert.json"

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from worldtune.data.errors import DataError
-from worldtune.models.encoders.latent_spaces import LatentSpace, frames_to_model_range
+from worldtune.models.encoders.common import LatentSpace
+from worldtune.models.encoders.latent_spaces import encode_frames, frames_to_model_range
 from worldtune.utils.logging import get_logger
 
 logger = get_logger("worldtune.systems.ctrl_world.convert")
@@ -214,5 +215,5 @@ class _Recording:
             if tuple(x.shape[-2:]) != (opt.height, opt.width):
                 x = F.interpolate(x, size=(opt.height, opt.width), mode="bilinear", align_corners=False)
                 x = x.clamp_(-1.0, 1.0)
-            chunks.append(latent_space.encode(x).float().cpu())
+            chunks.append(encode_frames(latent_space, x).float().cpu())
         return torch.cat(chunks)

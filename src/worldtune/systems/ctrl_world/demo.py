@@ -89,7 +89,7 @@ def run_demo(out: str | Path = "runs/demo", *, episodes: int = 48, steps: int = 
     """
     from worldtune.config import build_config
     from worldtune.data.toyenv import generate_dataset
-    from worldtune.models.encoders.latent_spaces import SpaceToDepthLatents
+    from worldtune.models.encoders.pixel import PixelLatents
     from worldtune.systems.ctrl_world.config import CtrlWorldRunConfig
     from worldtune.systems.ctrl_world.convert import convert_recordings
     from worldtune.systems.ctrl_world.evaluate import evaluate
@@ -115,7 +115,7 @@ def run_demo(out: str | Path = "runs/demo", *, episodes: int = 48, steps: int = 
                      cameras=cameras, num_objects=num_objects, supersample=supersample, table=table,
                      rotation=rotation)
     phase("simulation_s")
-    convert_recordings(out / "raw", out / "sim_data", SpaceToDepthLatents(factor), dataset_name=DEMO_DATASET,
+    convert_recordings(out / "raw", out / "sim_data", PixelLatents(patch=factor), dataset_name=DEMO_DATASET,
                        cameras=cameras, height=image_size, width=image_size, num_history=num_history,
                        num_frames=num_frames, val_ratio=0.2, seed=0, fps_downsample=fps_downsample)
     phase("conversion_s")

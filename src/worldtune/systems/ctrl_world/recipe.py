@@ -120,9 +120,11 @@ def latent_space(cfg: CtrlWorldRunConfig):
 
 
 def decode_video(space, latents: torch.Tensor) -> torch.Tensor:
-    """[B, T, C, h, w] latents -> [B, 3, T, H, W] video in [-1, 1] (views stay stacked along height)."""
-    frames = [space.decode(clip.cpu()) for clip in latents]  # each [T, 3, H, W]
-    return torch.stack(frames).permute(0, 2, 1, 3, 4)
+    """[B, T, C, h, w] latents -> [B, 3, T, H, W] video in [-1, 1] on the CPU (views stay stacked along
+    height)."""
+    from worldtune.models.encoders.latent_spaces import decode_frames
+
+    return torch.stack([decode_frames(space, clip) for clip in latents]).permute(0, 2, 1, 3, 4)
 
 
 class ClipText(torch.nn.Module):
