@@ -143,10 +143,10 @@ def test_comfyui_alpha_is_honoured_on_load(tmp_path):
     # Without `.alpha`, ComfyUI applies scale 1.0: the same as alpha == rank.
     state = lora_state_dict(model)
     for name, alpha in (("no_alpha", None), ("alpha_is_rank", 4.0)):
-        save_file({k: v.contiguous() for k, v in to_comfyui(state, alpha).items()}, str(tmp_path / f"{name}.st"))
+        save_file({k: v.contiguous() for k, v in to_comfyui(state, alpha).items()}, str(tmp_path / f"{name}.safetensors"))
     a, b = add_lora(make_model(), SETTINGS), add_lora(make_model(), SETTINGS)
-    load_lora(a, tmp_path / "no_alpha.st")
-    load_lora(b, tmp_path / "alpha_is_rank.st")
+    load_lora(a, tmp_path / "no_alpha.safetensors")
+    load_lora(b, tmp_path / "alpha_is_rank.safetensors")
     key = "blocks.0.ffn.0.lora_B.weight"
     torch.testing.assert_close(lora_state_dict(a)[key], state[key] / 2)  # model scale is 8 / 4
     torch.testing.assert_close(run(a), run(b), rtol=0, atol=0)
@@ -261,3 +261,17 @@ def test_merge_lora_weights_without_a_model_matches_merge_lora() -> None:
     reference = merge_lora(model).state_dict()
     assert merged.keys() == reference.keys()
     assert all(torch.allclose(merged[k], reference[k], atol=1e-6) for k in reference)
+
+
+def test_adapter_file_errors_name_the_file(tmp_path):
+    """Adapters are read by the one weight reader: a truncated file or an unknown suffix is one error
+    naming the file."""
+    model = add_lora(make_model(), SETTINGS)
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00")
+    with pytest.raises(ValueError, match=r"broken\.safetensors: not a readable checkpoint"):
+        load_lora(model, bad)
+    odd = tmp_path / "adapter.lora"
+    odd.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"adapter\.lora: unsupported file type"):
+        load_lora(model, odd)

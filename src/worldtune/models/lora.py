@@ -30,10 +30,9 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
-from safetensors import safe_open
 from torch import nn
 
-from worldtune.utils.weight_files import save_safetensors
+from worldtune.utils.weight_files import read_state_dict, save_safetensors
 
 PEFT_PREFIX = "base_model.model."
 COMFY_PREFIX = "diffusion_model."
@@ -240,11 +239,9 @@ def _resolve(path: Path) -> Path:
 
 
 def _read(file: Path) -> dict:
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{file}: not a readable safetensors file ({err})") from err
+    """Every tensor of an adapter file (safetensors, or peft's older `adapter_model.bin`), through the one
+    weight reader: a bad file is a CheckpointError, a ValueError naming it."""
+    return read_state_dict(file)
 
 
 def _normalise(file: Path, raw: dict) -> tuple[str, dict, dict[str, float]]:
