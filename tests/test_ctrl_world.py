@@ -174,3 +174,26 @@ def test_config_reaches_the_model(tmp_path):
     assert model.config is cfg.model and list(model.config.relative_action_dims) == [0, 1, 2]
     heads = {m.heads for m in model.unet.modules() if type(m).__name__ == "Attention"}
     assert heads == {2}
+
+
+def test_val_split_absent_or_empty_is_optional_a_malformed_one_is_an_error(dataset, tmp_path):
+    import shutil
+
+    from worldtune.systems.ctrl_world.recipe import RECIPE
+
+    data = tmp_path / "sim_data"
+    shutil.copytree(dataset, data)
+    shutil.copytree(dataset.parent / "sim_data_meta_info", tmp_path / "sim_data_meta_info")
+    val = tmp_path / "sim_data_meta_info" / "sim" / "val_sample.json"
+
+    def build():
+        return RECIPE.build(load_config(TINY, overrides(data, tmp_path / "run")))
+
+    assert build().val_dataset is not None
+    val.write_text("[]")
+    assert build().val_dataset is None
+    val.unlink()
+    assert build().val_dataset is None
+    val.write_text('{"episode_id": 0}')
+    with pytest.raises(ValueError, match=r"val_sample\.json: expected a list"):
+        build()

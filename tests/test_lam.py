@@ -165,6 +165,26 @@ def test_bad_h5_is_named(data_dir, tmp_path):
                              "data.sequence_length=4", *SMALL]))
 
 
+def test_a_bad_val_file_stops_the_run_an_empty_val_split_does_not(tmp_path):
+    from worldtune.systems.lam.recipe import RECIPE
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_motion_file(folder / "good.h5", (0, 1))
+    (folder / "broken.h5").write_bytes(b"not an HDF5 file" * 8)
+
+    def build(val: list[str]):
+        (folder / "manifest.json").write_text(json.dumps({"version": 1, "seed": 0, "ratios": {},
+                                                          "train": ["good.h5"], "val": val, "test": []}))
+        return RECIPE.build(load_config(REPO / "configs/lam/train.yaml", [
+            f"data.data_dir={folder}", f"data.manifest_path={folder / 'manifest.json'}",
+            f"output_dir={tmp_path / 'run'}", "data.sequence_length=4", *SMALL]))
+
+    assert build([]).val_dataset is None
+    with pytest.raises(ValueError, match=r"broken\.h5: not a readable HDF5 file"):  # not "no val split"
+        build(["broken.h5"])
+
+
 def test_prepare_vae_latents_cli_feeds_the_loader(tmp_path):
     import torch
 

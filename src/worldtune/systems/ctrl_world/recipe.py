@@ -20,7 +20,7 @@ from worldtune.data import keys
 from worldtune.models.svd_world import SVD_LATENT_SCALE, CtrlWorldModel
 from worldtune.systems.ctrl_world import world_edm
 from worldtune.systems.ctrl_world.config import CtrlWorldModelConfig, CtrlWorldRunConfig
-from worldtune.systems.ctrl_world.dataset import CtrlWorldDataConfig, CtrlWorldDataset
+from worldtune.systems.ctrl_world.dataset import CtrlWorldDataConfig, CtrlWorldDataset, meta_info_path
 from worldtune.train.recipe import Parts, Recipe
 from worldtune.utils.logging import get_logger
 
@@ -160,12 +160,13 @@ class ClipText(torch.nn.Module):
 
 
 def _optional(data: CtrlWorldDataConfig, split: str) -> CtrlWorldDataset | None:
-    try:
-        dataset = CtrlWorldDataset(dataclasses.replace(data, split=split))
-    except (ValueError, FileNotFoundError) as err:
-        log.info("no %s split: %s", split, err)
+    """The split's dataset, or None when it has no sample list or an empty one; a malformed list or a
+    bad file in it stops the run (it is not quietly dropped)."""
+    samples = meta_info_path(data) / f"{split}_sample.json"
+    if not samples.is_file() or samples.read_text().strip() in ("", "[]"):
+        log.info("no %s split: %s is missing or empty", split, samples)
         return None
-    return dataset if len(dataset) else None
+    return CtrlWorldDataset(dataclasses.replace(data, split=split))
 
 
 RECIPE = CtrlWorldRecipe()

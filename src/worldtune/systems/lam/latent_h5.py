@@ -47,6 +47,7 @@ from worldtune.systems.lam.latent_h5_manifest import (
     BAD_SAMPLE_MODES,
     MANIFEST_FILE,
     SPLITS,
+    EmptySplitError,
     LamManifest,
     LatentDataError,
     list_h5_files,
@@ -55,6 +56,7 @@ from worldtune.systems.lam.latent_h5_manifest import (
 from worldtune.systems.lam.latent_h5_prepare import prepare_lam_manifest, write_lam_manifest
 
 __all__ = [
+    "EmptySplitError",
     "LamManifest",
     "LatentDataError",
     "LatentH5Config",
@@ -131,7 +133,7 @@ class LatentSequenceDataset(Dataset):
             paths = self.manifest.files(self.cfg.split)
         if not paths:
             where = self.manifest.path if self.manifest else self.data_dir
-            raise LatentDataError(where, f"split {self.cfg.split!r} has no files")
+            raise EmptySplitError(where, f"split {self.cfg.split!r} has no files")
         return paths
 
     def _usable_files(self, paths: list[Path]) -> list[LatentFile]:

@@ -42,6 +42,11 @@ class LatentDataError(DataError):
     """A latent file or manifest cannot be used; the message names the file and the problem."""
 
 
+class EmptySplitError(LatentDataError):
+    """The manifest (or folder) lists no file for the split asked for: an optional split is then
+    absent, while any other error of its files stops the run."""
+
+
 @dataclass(frozen=True)
 class LamManifest:
     """A validated manifest: relative file names per split."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from worldtune.config import ConfigError
 from worldtune.models.lam import VVAELatentActionVQVAE
 from worldtune.systems.lam.config import LamRunConfig
-from worldtune.systems.lam.latent_h5 import LatentH5Config, LatentSequenceDataset
+from worldtune.systems.lam.latent_h5 import EmptySplitError, LatentH5Config, LatentSequenceDataset
 from worldtune.systems.lam.restart import DeadCodeRestart
 from worldtune.train.recipe import Parts, Recipe
 from worldtune.utils.logging import get_logger
@@ -138,7 +138,7 @@ def overfit_verdict(parts: Parts, trainer: Any) -> dict[str, float]:
 def _optional_split(data: LatentH5Config, split: str) -> LatentSequenceDataset | None:
     try:
         dataset = LatentSequenceDataset(dataclasses.replace(data, split=split))
-    except ValueError as err:
+    except EmptySplitError as err:  # a bad file in the split is an error, not a missing split
         log.info("no %s split: %s", split, err)
         return None
     return dataset if len(dataset) else None
