@@ -54,6 +54,7 @@ __all__ = [
     "frames_for",
     "generate_dataset",
     "read_aloha_hdf5",
+    "replay",
     "simulate_episode",
     "write_aloha_hdf5",
 ]
@@ -179,15 +180,7 @@ def simulate_episode(
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    env = ToyEnv(
-        seed,
-        num_objects=num_objects,
-        image_size=image_size,
-        cameras=cameras,
-        supersample=supersample,
-        table=table,
-    )
-    policy = ScriptedPolicy(env.world, env.rng, pick_prob=pick_prob, rotation=rotation)
+    env, policy = _scripted(seed, num_objects, image_size, cameras, supersample, table, pick_prob, rotation)
     h, w = env.image_size
     frames = {cam: np.empty((num_steps, h, w, 3), dtype=np.uint8) for cam in env.cameras}
     qpos = np.empty((num_steps, POSE_DIM), dtype=np.float32)
@@ -209,6 +202,33 @@ def simulate_episode(
         object_positions=objects,
         object_names=tuple(b.name for b in env.world.blocks),
     )
+
+
+def _scripted(seed: Seed, num_objects: int | None, image_size: int | tuple[int, int], cameras: Sequence[str],
+              supersample: int, table: str, pick_prob: float, rotation: float) -> tuple[ToyEnv, ScriptedPolicy]:
+    env = ToyEnv(seed, num_objects=num_objects, image_size=image_size, cameras=cameras,
+                 supersample=supersample, table=table)
+    return env, ScriptedPolicy(env.world, env.rng, pick_prob=pick_prob, rotation=rotation)
+
+
+def replay(
+    seed: Seed,
+    steps: int,
+    image_size: int | tuple[int, int] = 64,
+    cameras: Sequence[str] = DEFAULT_CAMERAS,
+    *,
+    num_objects: int | None = None,
+    pick_prob: float = 0.6,
+    rotation: float = 1.0,
+    supersample: int = 1,
+    table: str = "wood",
+) -> ToyEnv:
+    """The simulator as `simulate_episode` with the same arguments has it after `steps` steps (frame
+    `steps` of that episode), without rendering: to take over from a recorded state in closed loop."""
+    env, policy = _scripted(seed, num_objects, image_size, cameras, supersample, table, pick_prob, rotation)
+    for _ in range(steps):
+        env.step(policy.act(env.world))
+    return env
 
 
 # --------------------------------------------------------------------------- HDF5 (ALOHA layout)

@@ -153,6 +153,15 @@ def _tans(cam: Camera, h: int, w: int) -> tuple[float, float]:
     return cam.tan_half, cam.tan_half * h / w
 
 
+def plane_points(camera: str, height: int, width: int, z: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pixel's ray of a fixed camera meets the plane at height `z`: (x, y), each [H, W]
+    (a calibrated camera: pixel -> table position, e.g. to locate a block seen in a frame)."""
+    cam = FIXED_CAMERAS[camera]
+    dirs = _ray_dirs(cam, height, width)
+    t = (z - cam.origin[2]) / dirs[2]
+    return cam.origin[0] + t * dirs[0], cam.origin[1] + t * dirs[1]
+
+
 def _ray_dirs(cam: Camera, h: int, w: int) -> np.ndarray:
     """Unnormalised ray directions `[3, H, W]` (unit forward component)."""
     tan_x, tan_y = _tans(cam, h, w)

@@ -71,16 +71,41 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lpips_backbone", help="LPIPS: torchvision's AlexNet weights (alexnet-owt-7be5be79.pth)")
     parser.add_argument("--lpips_linear", help="LPIPS: the lpips package's linear weights (weights/v0.1/alex.pth)")
     parser.add_argument("--fvd_network", help="FVD: a TorchScript video feature network (e.g. i3d_torchscript.pt)")
+    policy = parser.add_argument_group("policy in imagination (instead of the PSNR / SSIM evaluation)")
+    policy.add_argument("--policy", metavar="MODULE:CALLABLE",
+                        help="policy(observation) -> rows for the next chunk (a class: one instance per "
+                             "episode); e.g. worldtune.systems.ctrl_world.demo_policies:ReachBlock")
+    policy.add_argument("--success", metavar="MODULE:CALLABLE",
+                        help="success(imagined_episode) -> bool; reports the imagined success rate")
+    policy.add_argument("--videos", help="folder for the imagined mp4s (default RUN_DIR/eval/imagined)")
+    policy.add_argument("--seed", type=int, default=0, help="the world model's sampling noise seed")
 
 
 def _eval(args: argparse.Namespace) -> int:
     from worldtune.eval.report import print_and_write
+
+    if args.policy:
+        return _eval_policy(args)
+    if args.success:
+        raise ValueError("--success needs --policy (the policy whose imagined episodes it judges)")
     from worldtune.systems.ctrl_world.evaluate import Perceptual, evaluate, report_table
 
     perceptual = Perceptual.from_files(args.lpips_backbone, args.lpips_linear, args.fvd_network)
     report = evaluate(args.run_dir, split=args.split, chunks=args.chunks, max_episodes=args.episodes,
                       baselines=not args.no_baselines, starts=args.starts, perceptual=perceptual)
     print_and_write(report, report_table(report), args.json, args.run_dir, f"ctrl_world_{args.split}")
+    return 0
+
+
+def _eval_policy(args: argparse.Namespace) -> int:
+    from worldtune.eval.report import print_and_write
+    from worldtune.systems.ctrl_world.policy_eval import evaluate_policy, load_callable, policy_table
+
+    success = load_callable(args.success) if args.success else None
+    report = evaluate_policy(args.run_dir, load_callable(args.policy), success=success,
+                             episodes=args.episodes or 8, chunks=args.chunks, split=args.split, starts=args.starts,
+                             seed=args.seed, video_dir=args.videos, name=args.policy)
+    print_and_write(report, policy_table(report), args.json, args.run_dir, f"ctrl_world_policy_{args.split}")
     return 0
 
 
@@ -106,7 +131,8 @@ COMMANDS = (
             _prepare_arguments, _prepare),
     Command("generate", "ctrl-world", "roll a trained Ctrl-World out on an episode, all views",
             _generate_arguments, _generate),
-    Command("eval", "ctrl-world", "rollout PSNR / SSIM per view against ground truth and two baselines",
+    Command("eval", "ctrl-world", "rollout PSNR / SSIM per view against ground truth and two baselines; "
+            "or a policy in imagination (--policy)",
             _eval_arguments, _eval),
     Command("demo", "", "simulate a robot, convert, train a tiny Ctrl-World, evaluate (CPU, about 4 minutes)",
             _demo_arguments, _demo),

@@ -3,6 +3,7 @@ see `dataset.py`), read and checked; `load_episode` gives a whole episode for ro
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -124,6 +125,15 @@ def episode_files(root: Path, layout: str, split: str, episode: Any, views: list
     return EpisodeFiles(episode, paths, first, latents)
 
 
+def camera_names(files: EpisodeFiles, views: list[int]) -> list[str]:
+    """Each view's camera name (the converter records it as "camera"), else "view <n>"."""
+    names = []
+    for view, path in zip(views, files.annotations, strict=True):
+        camera = _read_annotation(files.episode, path).get("camera") if files.annotations.count(path) == 1 else None
+        names.append(str(camera) if camera else f"view {view}")
+    return names
+
+
 def vectors(files: EpisodeFiles, key: str) -> np.ndarray:
     path = files.annotations[0]
     if key not in files.annotation:
@@ -189,6 +199,7 @@ class CtrlWorldEpisode:
     actions: np.ndarray | None  # [T, D], None when the annotation has no "actions" (upstream DROID)
     text: str
     annotation: dict[str, Any]  # the (first view's) annotation
+    views: list[str] = dataclasses.field(default_factory=list)  # camera name of each view, in stacking order
 
 
 def load_episode(
@@ -212,5 +223,6 @@ def load_episode(
     actions = vectors(files, "actions") if "actions" in files.annotation else None
     episode_length(files, latents, states)
     return CtrlWorldEpisode(
-        episode_id, stack_view_latents(files, latents), states, actions, instruction(files), files.annotation
+        episode_id, stack_view_latents(files, latents), states, actions, instruction(files), files.annotation,
+        camera_names(files, views),
     )

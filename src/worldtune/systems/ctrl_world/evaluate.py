@@ -97,8 +97,30 @@ def evaluate(run_dir: str | Path, *, split: str = "val", chunks: int = 2, max_ep
             _score_rollout(scores, model, cfg, episode, result, chunks, swapped if baselines else None, seed)
     if not scores.rows["model"]:
         raise ValueError(f"{cfg.data.dataset_root}: no {split} episode is long enough for {chunks} chunks")
-    return {"split": split, "episodes": len(episodes), "chunks": chunks, "rollouts": len(scores.rows["model"]),
-            "rollout_s_per_chunk": round(float(np.sum(timing)) / (len(timing) * chunks), 4), **scores.summary()}
+    report = {"split": split, "episodes": len(episodes), "chunks": chunks, "rollouts": len(scores.rows["model"]),
+              "rollout_s_per_chunk": round(float(np.sum(timing)) / (len(timing) * chunks), 4),
+              "views": episodes[0].views, **scores.summary()}
+    return {**report, **margins(report)}
+
+
+def margins(report: dict[str, Any]) -> dict[str, Any]:
+    """The model's PSNR margin over each baseline, overall and per view, and the views where it is worse
+    than repeating the last frame (a world model should never lose to doing nothing)."""
+    if "model" not in report:
+        return {}
+    out: dict[str, Any] = {"margins": {}}
+    for baseline in METHODS[1:]:
+        if baseline in report:
+            per_view = [m["psnr"] - b["psnr"] for m, b in zip(report["model"]["per_view"],
+                                                              report[baseline]["per_view"], strict=True)]
+            out["margins"][baseline] = {"psnr": report["model"]["psnr"] - report[baseline]["psnr"],
+                                        "per_view": per_view}
+    if "repeat_last_frame" in out["margins"]:
+        views = report.get("views") or [f"view {v}" for v in range(len(report["model"]["per_view"]))]
+        out["worse_than_repeat"] = [name for name, margin in
+                                    zip(views, out["margins"]["repeat_last_frame"]["per_view"], strict=True)
+                                    if margin < 0]
+    return out
 
 
 def _score_rollout(scores: _Scores, model, cfg: CtrlWorldRunConfig, episode: CtrlWorldEpisode, run: Rollout,
@@ -147,17 +169,24 @@ def _add_fvd(row: dict[str, Any], truth: list[list[torch.Tensor]], generated: li
 
 
 def report_table(report: dict[str, Any]) -> str:
-    """PSNR / SSIM of the model and each baseline: mean, then per view."""
+    """PSNR / SSIM of the model and each baseline, overall and per view; the margins over each baseline;
+    a warning naming every view where the model loses to repeating the last frame."""
     names = [n for n in METHODS if n in report]
-    views = len(report["model"]["per_view"])
+    views = report.get("views") or [f"view {v}" for v in range(len(report["model"]["per_view"]))]
     extra = [k for k in ("lpips", "fvd") if k in report["model"]]
     header = (f"{'':<20} {'PSNR':>7} {'SSIM':>6}" + "".join(f" {k.upper():>7}" for k in extra)
-              + "".join(f" {'view ' + str(v) + ' PSNR':>12}" for v in range(views)))
+              + "".join(f" {name[:14] + ' PSNR/SSIM':>25}" for name in views))
     lines = [f"{report['split']} split: {report['episodes']} episodes, {report['rollouts']} rollouts of "
              f"{report['chunks']} chunks ({report['rollout_s_per_chunk']} s a chunk)", header]
     for name in names:
         row = report[name]
         lines.append(f"{name:<20} {row['psnr']:>7.2f} {row['ssim']:>6.3f}"
                      + "".join(f" {row.get(k, float('nan')):>7.4g}" for k in extra)
-                     + "".join(f" {view['psnr']:>12.2f}" for view in row["per_view"]))
+                     + "".join(f" {view['psnr']:>18.2f} {view['ssim']:>6.3f}" for view in row["per_view"]))
+    for baseline, margin in report.get("margins", {}).items():
+        lines.append(f"model - {baseline}: {margin['psnr']:+.2f} dB (per view: "
+                     + ", ".join(f"{v} {m:+.2f}" for v, m in zip(views, margin["per_view"], strict=True)) + ")")
+    if report.get("worse_than_repeat"):
+        lines.append("WARNING: the model is worse than repeating the last frame on "
+                     + ", ".join(report["worse_than_repeat"]))
     return "\n".join(lines)

@@ -67,12 +67,12 @@ def rollout(model, cfg: CtrlWorldRunConfig, episode: CtrlWorldEpisode, chunks: i
         ids = window_frame_ids(now, total, d.num_history, d.num_frames, d.history_stride, d.frame_stride)
         history = torch.stack([frames[i] for i in ids[: d.num_history + 1]])[None]
         future = world_edm.sample(model, cfg.model, d.num_history, history, actions[ids][None], text_emb, generator=generator)[0]
-        frames.extend(_fill_strided(frames[-1], future[1:], d.frame_stride))
+        frames.extend(fill_strided(frames[-1], future[1:], d.frame_stride))
     end = start + 1 + chunks * new_per_chunk
     return Rollout(torch.stack(frames[start + 1:end]), episode.latents[start + 1:end].float(), start)
 
 
-def _fill_strided(last: torch.Tensor, predicted: torch.Tensor, stride: int) -> list[torch.Tensor]:
+def fill_strided(last: torch.Tensor, predicted: torch.Tensor, stride: int) -> list[torch.Tensor]:
     """Predicted frames are `stride` apart; the frames between are linear blends (stride 1: none)."""
     out, previous = [], last
     for frame in predicted:
