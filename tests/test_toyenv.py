@@ -287,3 +287,20 @@ def test_gradient_table_colours_the_wrist_view_by_position():
     assert gradient > 30 and gradient > 2 * wood
     with pytest.raises(ValueError, match="table"):
         ToyEnv(0, table="marble")
+
+
+def test_parallel_simulation_writes_the_same_files(tmp_path):
+    from worldtune.data.pushworld import generate_push_dataset
+    from worldtune.data.toyenv import read_aloha_hdf5
+
+    serial = generate_dataset(tmp_path / "a", 3, seed=1, image_size=16, num_steps=6, show_progress=False)
+    parallel = generate_dataset(tmp_path / "b", 3, seed=1, image_size=16, num_steps=6, show_progress=False, workers=2)
+    pushed = generate_push_dataset(tmp_path / "c", 2, seed=1, image_size=16, num_steps=6, show_progress=False,
+                                   workers=2)
+    assert [p.name for p in parallel] == [p.name for p in serial] == ["episode_0.hdf5", "episode_1.hdf5",
+                                                                     "episode_2.hdf5"]
+    for a, b in zip(serial, parallel, strict=True):
+        first, second = read_aloha_hdf5(a), read_aloha_hdf5(b)
+        np.testing.assert_array_equal(first.frames["cam_high"], second.frames["cam_high"])
+        np.testing.assert_array_equal(first.qpos, second.qpos)
+    assert all(p.is_file() for p in pushed)

@@ -46,6 +46,7 @@ cameras or image size never changes a trajectory.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,8 +65,7 @@ from worldtune.data.pushworld_render import (
     to_uint8,
 )
 from worldtune.data.pushworld_sim import PUSHER_RADIUS, PushPolicy, PushWorld
-from worldtune.data.toyenv import Episode, write_aloha_hdf5
-from worldtune.utils.logging import progress
+from worldtune.data.toyenv import Episode, write_episodes
 
 __all__ = [
     "CAMERA_NAMES",
@@ -298,26 +298,15 @@ def generate_push_dataset(
     jpeg_quality: int = 90,
     jpeg_layout: str = "vlen",
     show_progress: bool = True,
+    workers: int = 1,
     **kwargs,
 ) -> list[Path]:
     """Simulate and write `episode_<i>.hdf5` for i < `num_episodes`; episode i uses seed `(seed, i)`.
 
     All episodes share the table of `seed`; `kwargs` go to `simulate_push_episode` (num_steps,
-    image_size, cameras, supersample, fps).
+    image_size, cameras, supersample, fps); `workers` > 1 simulates in that many processes.
     """
     _spec(world)  # fail before creating anything
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in progress(range(num_episodes), desc=f"pushworld {world}", enabled=show_progress, unit="episode"):
-        episode = simulate_push_episode((seed, i), world=world, **kwargs)
-        paths.append(
-            write_aloha_hdf5(
-                out_dir / f"episode_{i}.hdf5",
-                episode,
-                jpeg=jpeg,
-                jpeg_quality=jpeg_quality,
-                jpeg_layout=jpeg_layout,
-            )
-        )
-    return paths
+    simulate = functools.partial(simulate_push_episode, world=world, **kwargs)
+    return write_episodes(out_dir, num_episodes, seed, simulate, f"pushworld {world}", show_progress=show_progress,
+                          workers=workers, jpeg=jpeg, jpeg_quality=jpeg_quality, jpeg_layout=jpeg_layout)

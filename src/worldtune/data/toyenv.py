@@ -28,9 +28,12 @@ sibling modules; their docstrings describe the model.
 from __future__ import annotations
 
 import copy
+import functools
 import io
+import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +60,7 @@ __all__ = [
     "replay",
     "simulate_episode",
     "write_aloha_hdf5",
+    "write_episodes",
 ]
 
 DEFAULT_CAMERAS = ("cam_high", "cam_left_wrist")
@@ -325,24 +329,39 @@ def generate_dataset(
     jpeg_quality: int = 90,
     jpeg_layout: str = "vlen",
     show_progress: bool = True,
+    workers: int = 1,
     **kwargs,
 ) -> list[Path]:
     """Simulate and write `episode_<i>.hdf5` for i < `num_episodes`; episode i uses seed `(seed, i)`.
 
-    `kwargs` go to `simulate_episode` (num_steps, image_size, cameras, num_objects, ...).
+    `kwargs` go to `simulate_episode` (num_steps, image_size, cameras, num_objects, ...); `workers` > 1
+    simulates that many episodes at a time in separate processes (the files are the same).
     """
+    simulate = functools.partial(simulate_episode, **kwargs)
+    return write_episodes(out_dir, num_episodes, seed, simulate, "toyenv episodes", show_progress=show_progress,
+                          workers=workers, jpeg=jpeg, jpeg_quality=jpeg_quality, jpeg_layout=jpeg_layout)
+
+
+def _simulate_and_write(simulate: Callable[[Seed], Episode], seed: Seed, path: Path, options: dict) -> Path:
+    return write_aloha_hdf5(path, simulate(seed), **options)
+
+
+def write_episodes(out_dir: str | os.PathLike, num_episodes: int, seed: int, simulate: Callable[[Seed], Episode],
+                   desc: str, *, show_progress: bool = True, workers: int = 1, **write_options) -> list[Path]:
+    """`episode_<i>.hdf5` = `write_aloha_hdf5(simulate((seed, i)))` for i < `num_episodes`, in order, or
+    `workers` at a time in spawned processes (`simulate` must be picklable, e.g. a functools.partial)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in progress(range(num_episodes), desc="toyenv episodes", enabled=show_progress, unit="episode"):
-        episode = simulate_episode((seed, i), **kwargs)
-        paths.append(
-            write_aloha_hdf5(
-                out_dir / f"episode_{i}.hdf5",
-                episode,
-                jpeg=jpeg,
-                jpeg_quality=jpeg_quality,
-                jpeg_layout=jpeg_layout,
-            )
-        )
+    paths = [out_dir / f"episode_{i}.hdf5" for i in range(num_episodes)]
+    jobs = [(simulate, (seed, i), path, write_options) for i, path in enumerate(paths)]
+    if workers <= 1 or num_episodes <= 1:
+        for job in progress(jobs, desc=desc, enabled=show_progress, unit="episode"):
+            _simulate_and_write(*job)
+        return paths
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch's threads
+    with ProcessPoolExecutor(min(workers, num_episodes), mp_context=context) as pool:
+        futures = [pool.submit(_simulate_and_write, *job) for job in jobs]
+        for future in progress(as_completed(futures), desc=desc, enabled=show_progress, unit="episode",
+                               total=len(futures)):
+            future.result()
     return paths

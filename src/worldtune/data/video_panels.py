@@ -62,7 +62,7 @@ def comparison_panel(truth: Sequence[torch.Tensor], prediction: Sequence[torch.T
         cells = [_frames(t_video), _frames(p_video), _difference(p_video, t_video, diff_gain)]
         rows.append([_upscaled(c, upscale) for c in cells])
     frames, height, width = rows[0][0].shape[:3]
-    label_w, header_h, caption_h, gap = 84, 14, 14, 2
+    label_w, header_h, caption_h, gap = 92, 14, 14, 2
     panel_h = header_h + len(rows) * (height + gap) + caption_h
     panel_w = label_w + len(COLUMNS) * (width + gap)
     starts = sorted(set(chunk_starts))
@@ -74,7 +74,7 @@ def comparison_panel(truth: Sequence[torch.Tensor], prediction: Sequence[torch.T
             _text(draw, (label_w + c * (width + gap) + 2, 1), name)
         for r, (name, cells) in enumerate(zip(view_names, rows, strict=True)):
             top = header_h + r * (height + gap)
-            _text(draw, (2, top + height // 2 - 5), str(name)[:13])
+            _text(draw, (2, top + height // 2 - 5), str(name)[:14])
             for c, cell in enumerate(cells):
                 image.paste(Image.fromarray(cell[t]), (label_w + c * (width + gap), top))
         chunk = sum(1 for s in starts if s <= t)

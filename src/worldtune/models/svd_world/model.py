@@ -50,12 +50,15 @@ class CtrlWorldModel(nn.Module):
     """
 
     def __init__(self, unet: FrameLevelUNet, action_encoder: ActionEncoder, config: CtrlWorldConfig | None = None,
-                 latent_scale: float = 1.0) -> None:
+                 latent_scale: float = 1.0, views: int = 1) -> None:
         super().__init__()
         self.unet = unet
         self.action_encoder = action_encoder
         self.config = config or CtrlWorldConfig()
         self.latent_scale = latent_scale  # the condition latent is divided by this (SVD VAE latents: 0.18215)
+        # How much each stacked view's frame changes are magnified in the space the model denoises (the
+        # recipe's `normalise_views`; ones: none). A buffer, so checkpoints and exports carry it.
+        self.register_buffer("view_scales", torch.ones(views))
         ids_dim = 3 * unet.config.addition_time_embed_dim
         if unet.add_embedding.linear_1.in_features != ids_dim:
             raise ValueError(
@@ -72,31 +75,31 @@ class CtrlWorldModel(nn.Module):
 
     @classmethod
     def svd(cls, config: CtrlWorldConfig | None = None, unet: FrameLevelUNet | None = None, action_dim: int = 7,
-            text_dim: int | None = 512, latent_scale: float = SVD_LATENT_SCALE) -> CtrlWorldModel:
+            text_dim: int | None = 512, latent_scale: float = SVD_LATENT_SCALE, views: int = 1) -> CtrlWorldModel:
         """Published sizes: SVD img2vid UNet (built from `svd_unet_config()` unless given; build under
         `torch.device("meta")` to count parameters), action MLP `7 -> 1024 -> 1024 -> 1024`, CLIP text 512."""
         unet = unet if unet is not None else FrameLevelUNet(**svd_unet_config())
         encoder = ActionEncoder(action_dim, unet.config.cross_attention_dim, (1024, 1024), text_dim)
-        return cls(unet, encoder, config, latent_scale)
+        return cls(unet, encoder, config, latent_scale, views)
 
     @classmethod
     def from_svd(cls, unet_path: str | Path, config: CtrlWorldConfig | None = None, subfolder: str | None = None,
                  action_dim: int = 7, text_dim: int | None = 512, torch_dtype: torch.dtype | None = None,
-                 latent_scale: float = SVD_LATENT_SCALE) -> CtrlWorldModel:
+                 latent_scale: float = SVD_LATENT_SCALE, views: int = 1) -> CtrlWorldModel:
         """Load local SVD UNet weights (diffusers layout, e.g. `<svd>/unet` or `<svd>` + `subfolder="unet"`)."""
         unet = FrameLevelUNet.from_pretrained(
             unet_path, subfolder=subfolder, torch_dtype=torch_dtype, local_files_only=True
         )
-        return cls.svd(config, unet, action_dim=action_dim, text_dim=text_dim, latent_scale=latent_scale)
+        return cls.svd(config, unet, action_dim=action_dim, text_dim=text_dim, latent_scale=latent_scale, views=views)
 
     @classmethod
     def tiny(cls, config: CtrlWorldConfig | None = None, latent_channels: int = 4, action_dim: int = 7,
              text_dim: int | None = None, action_widths: Sequence[int] = (64, 64),
-             unet_kwargs: dict[str, Any] | None = None, latent_scale: float = 1.0) -> CtrlWorldModel:
+             unet_kwargs: dict[str, Any] | None = None, latent_scale: float = 1.0, views: int = 1) -> CtrlWorldModel:
         """CPU-sized: diffusers' test UNet (`tiny_unet_config`), UNet in/out = `2 * latent_channels` / `latent_channels`."""
         unet = FrameLevelUNet(**tiny_unet_config(latent_channels, **(unet_kwargs or {})))
         encoder = ActionEncoder(action_dim, unet.config.cross_attention_dim, action_widths, text_dim)
-        return cls(unet, encoder, config, latent_scale)
+        return cls(unet, encoder, config, latent_scale, views)
 
     # ------------------------------------------------------------------------------- building blocks
 

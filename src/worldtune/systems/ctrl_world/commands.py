@@ -30,7 +30,8 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunks", type=int, default=2, help="autoregressive chunks to roll out")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--upscale", type=int, default=1, help="repeat every pixel N times each way in the video")
-    parser.add_argument("--out", required=True, help="output .mp4: truth | prediction, all views")
+    parser.add_argument("--out", required=True,
+                        help="output .mp4: a row per camera, truth | prediction | |difference|, chunks marked")
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -54,7 +55,8 @@ def _generate(args: argparse.Namespace) -> int:
     episode = load_episode(cfg.data.dataset_root, Path(args.episode).name, cfg.data.views, cfg.data.layout)
     actions = episode_actions(cfg, episode, np.load(args.actions)) if args.actions else None
     result = rollout(run.model(), cfg, episode, args.chunks, actions=actions, seed=args.seed)
-    print(write_rollout_video(args.out, cfg, result, fps=cfg.validation.fps, upscale=args.upscale))
+    print(write_rollout_video(args.out, cfg, result, fps=cfg.validation.fps, upscale=args.upscale,
+                              view_names=episode.views))
     return 0
 
 
@@ -113,6 +115,9 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder")
     parser.add_argument("--episodes", type=int, default=None, help="simulated episodes (default 48)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default 900)")
+    parser.add_argument("--world", default="blocks", choices=("blocks", "textured", "clutter", "still"),
+                        help="blocks: the robot simulator (with the policy check); textured / clutter / still: "
+                             "planar pushing worlds of other image statistics")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -121,7 +126,7 @@ def _demo(args: argparse.Namespace) -> int:
     from worldtune.systems.ctrl_world.demo import run_demo, summary
 
     given = {"episodes": args.episodes, "steps": args.steps}
-    metrics = run_demo(args.out, **{k: v for k, v in given.items() if v is not None})
+    metrics = run_demo(args.out, world=args.world, **{k: v for k, v in given.items() if v is not None})
     print(summary(metrics, Path(args.out)))
     return 0
 

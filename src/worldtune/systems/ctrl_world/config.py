@@ -46,6 +46,23 @@ class CtrlWorldModelConfig(CtrlWorldConfig):
     cond_noise_max: float = 0.2
     # Denoise the change from the current frame (not upstream; for small models trained from scratch).
     residual: bool = False
+    # With `residual`: magnify each view's changes so that every camera's changes have spread sigma_data
+    # (`sigma_data / latent_delta_rms` of the view, from stat.json): a camera whose picture barely
+    # changes is then not drowned by one whose whole image moves; samples are divided back.
+    normalise_views: bool = False
+    # Explicit per-view factors instead (in `data.views` order); empty: normalise_views decides.
+    view_scales: list[float] = field(default_factory=list)
+    # With `residual`: predicted changes smaller than this fraction of sigma_data (in the space the model
+    # denoises, where `normalise_views` makes every view's typical change sigma_data) are set to zero,
+    # so that what the model means as "no change" comes back exact (sampling only; 0: off).
+    change_deadzone: float = 0.0
+    # Share of training clips replaced by a still one: the current frame held over the whole clip, every
+    # action that frame's (a robot at rest and a world that waits). Teaches "no commanded motion, no
+    # change" exactly, which recordings show too rarely for a small model to learn (not upstream).
+    still_prob: float = 0.0
+    # Start the UNet's output layer at zero (a model trained from scratch: with `residual` it then begins by
+    # predicting "no change" exactly). Pretrained weights, when loaded, replace it.
+    zero_init_output: bool = False
     # tiny size only: UNet widths, cross-attention width, action MLP widths.
     tiny_block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
     tiny_cross_attention_dim: int = 32

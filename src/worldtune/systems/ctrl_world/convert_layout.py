@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,17 @@ class _Episode:
     states: np.ndarray
     actions: np.ndarray
     video_length: int
+    # Per view: the sum of squared one-frame latent changes and how many values it sums (stat.json's
+    # `latent_delta_rms`: how much each camera's picture changes from frame to frame).
+    delta_sumsq: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    delta_count: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def latent_change_moments(latents: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of squared one-frame changes, number of values) of each view's latents `[T, C, h, w]`."""
+    sumsq = [float((lat[1:].double() - lat[:-1].double()).pow(2).sum()) for lat in latents]
+    count = [float(lat[1:].numel()) for lat in latents]
+    return np.asarray(sumsq), np.asarray(count)
 
 
 # ------------------------------------------------------------------------------------------ paths
@@ -122,8 +133,11 @@ def _load_done(ep_dir: Path, recording: Path) -> _Episode:
             int(ann["video_length"]),
         )
         source = ann["source"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ConvertMismatchError(f"{path}: unreadable annotation of a converted episode ({e})") from e
+        views = sorted(ep_dir.glob("latent_videos/*/0.pt"), key=lambda f: int(f.parent.name))
+        latents = [torch.load(f, map_location="cpu", weights_only=True) for f in views]
+        episode.delta_sumsq, episode.delta_count = latent_change_moments(latents)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ConvertMismatchError(f"{path}: unreadable annotation or latents of a converted episode ({e})") from e
     if source != recording.name:
         raise ConvertMismatchError(
             f"{ep_dir}: converted from {source!r}, but recording #{ep_dir.name} is now {recording.name!r} "
@@ -168,4 +182,4 @@ def _convert_one(
             "fps": rec.fps,
         }
         _write_json(ep_dir / annotation_relpath(v), annotation)
-    return _Episode(states, actions, n)
+    return _Episode(states, actions, n, *latent_change_moments(latents))

@@ -1,6 +1,7 @@
 """Meta info of the Ctrl-World converter: statistics, samples and the train / val split.
 
-:func:`write_meta_info` writes ``stat.json`` (per-dimension state / action percentiles, mean, std),
+:func:`write_meta_info` writes ``stat.json`` (per-dimension state / action percentiles, mean, std; per
+view ``latent_delta_rms``, the RMS of one-frame latent changes, which `model.normalise_views` reads),
 ``train_sample.json`` and ``val_sample.json`` into :func:`meta_info_dir`; the samples are every
 frame whose window fits the episode (:func:`sample_frame_ids`), split by episode
 (:func:`split_episodes`). See :mod:`worldtune.systems.ctrl_world.convert` for the sample windows.
@@ -74,6 +75,13 @@ def _percentiles(x: np.ndarray, prefix: str) -> dict[str, list[float]]:
     }
 
 
+def latent_delta_rms(episodes: list[_Episode]) -> list[float]:
+    """Per view, the root mean square of the one-frame latent changes over all episodes."""
+    sumsq = np.sum([e.delta_sumsq for e in episodes], axis=0)
+    count = np.sum([e.delta_count for e in episodes], axis=0)
+    return np.sqrt(sumsq / np.maximum(count, 1)).tolist()
+
+
 def split_episodes(episode_ids: Sequence[int], val_ratio: float, seed: int) -> tuple[list[int], list[int]]:
     """Reproducible episode-level split: (train ids, val ids), both sorted."""
     ids = sorted(episode_ids)
@@ -102,6 +110,7 @@ def write_meta_info(
     states = np.concatenate([e.states for e in episodes.values()])
     actions = np.concatenate([e.actions for e in episodes.values()])
     stat: dict[str, Any] = {**_percentiles(states, "state"), **_percentiles(actions, "action")}
+    stat["latent_delta_rms"] = latent_delta_rms(list(episodes.values()))
     stat["num_episodes"] = len(episodes)
     stat["num_frames"] = int(sum(e.video_length for e in episodes.values()))
     train, val = split_episodes(list(episodes), val_ratio, seed)

@@ -10,7 +10,9 @@ result is an `ImaginedEpisode` of real frames, so the same success test judges b
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,3 +82,46 @@ def gripper_over_block(env, colour: str) -> bool:
     """The simulator's own answer: is the gripper's centre over the block of `colour`?"""
     tcp = env.qpos[:2]
     return any(b.name == colour and np.abs(tcp - b.xy).max() < b.half for b in env.world.blocks)
+
+
+def rank_policies(run_dir: str | Path, policies: dict[str, Any], success: Any, settings: SimulatorSettings, *,
+                  episodes: int = 8, starts: int = 2, chunks: int = 6, split: str = "val",
+                  video_dir: Path | None = None) -> dict[str, Any]:
+    """Each policy's success rate in imagination and in the simulator, from the same held-out starts
+    (`starts` per episode, spread over its first half), judged by the same `success` on frames; the
+    simulator's own state-based answer (`gripper_over_block`) is reported beside it."""
+    from worldtune.systems.ctrl_world.dataset import load_episode
+    from worldtune.systems.ctrl_world.demo_policies import FIXED_VIEW, target_colour
+    from worldtune.systems.ctrl_world.evaluate import split_episode_ids
+    from worldtune.systems.ctrl_world.imagine import WorldModelEnv
+    from worldtune.systems.ctrl_world.policy_eval import run_episode, write_imagined_video
+    from worldtune.systems.ctrl_world.recipe import RECIPE
+    from worldtune.train.run import load_run
+
+    run = load_run(run_dir, RECIPE)
+    cfg = run.cfg
+    env = WorldModelEnv(run.model(), cfg, view_names=list(settings.cameras))
+    report: dict[str, Any] = {"episodes": 0, "chunks": chunks, "frames": 1 + chunks * env.rows_per_chunk}
+    rows: dict[str, dict[str, list[float]]] = {name: {"imagined": [], "real": [], "real_state": []}
+                                               for name in policies}
+    imagining_s, imagined_count = 0.0, 0
+    for episode_id in split_episode_ids(cfg, split)[:episodes]:
+        episode = load_episode(cfg.data.dataset_root, episode_id, cfg.data.views, cfg.data.layout, split=split)
+        for start in np.linspace(0, (len(episode.latents) - 1) // 2, starts).round().astype(int).tolist():
+            report["episodes"] += 1
+            for name, policy in policies.items():
+                clock = time.perf_counter()
+                imagined = run_episode(env, policy, episode, start, chunks)
+                imagining_s += time.perf_counter() - clock
+                imagined_count += 1
+                real, sim = run_in_simulator(policy, episode.annotation, start, chunks, env.rows_per_chunk, settings)
+                colour = target_colour(real.instruction, real.frames[0][real.views.index(FIXED_VIEW)])
+                rows[name]["imagined"].append(float(success(imagined)))
+                rows[name]["real"].append(float(success(real)))
+                rows[name]["real_state"].append(float(gripper_over_block(sim, colour)))
+                if video_dir is not None and report["episodes"] == 1:
+                    write_imagined_video(video_dir / f"{name}_imagined.mp4", imagined, 4, 2)
+                    write_imagined_video(video_dir / f"{name}_real.mp4", real, 4, 2)
+    report["success"] = {name: {k: float(np.mean(v)) for k, v in row.items()} for name, row in rows.items()}
+    report["imagined_episodes_per_minute"] = round(imagined_count * 60 / max(imagining_s, 1e-9), 1)
+    return report

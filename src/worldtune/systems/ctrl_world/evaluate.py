@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,10 +98,30 @@ def evaluate(run_dir: str | Path, *, split: str = "val", chunks: int = 2, max_ep
             _score_rollout(scores, model, cfg, episode, result, chunks, swapped if baselines else None, seed)
     if not scores.rows["model"]:
         raise ValueError(f"{cfg.data.dataset_root}: no {split} episode is long enough for {chunks} chunks")
+    still = _Scores(scores.space, scores.views, Perceptual())
+    for episode in episodes:  # nothing moves: the model must keep the scene as it is
+        frozen = still_episode(cfg, episode, chunks)
+        result = rollout(model, cfg, frozen, chunks, seed=seed)
+        still.add("model", still.decode(result.prediction), still.decode(result.target))
     report = {"split": split, "episodes": len(episodes), "chunks": chunks, "rollouts": len(scores.rows["model"]),
               "rollout_s_per_chunk": round(float(np.sum(timing)) / (len(timing) * chunks), 4),
-              "views": episodes[0].views, **scores.summary()}
+              "views": episodes[0].views, **scores.summary(), "still_scene": still.summary()["model"]}
     return {**report, **margins(report)}
+
+
+def still_episode(cfg: CtrlWorldRunConfig, episode: CtrlWorldEpisode, chunks: int,
+                  start: int | None = None) -> CtrlWorldEpisode:
+    """`episode` frozen at frame `start` (default: the first with a full history): every frame, state and
+    action that frame's, as long as `chunks` chunks need; a recording in which nothing moves."""
+    first = cfg.data.num_history * cfg.data.history_stride
+    start = first if start is None else start
+    length = first + 1 + chunks * (cfg.data.num_frames - 1) * max(cfg.data.frame_stride, 1)
+
+    def held(values):
+        return None if values is None else np.repeat(np.asarray(values)[start : start + 1], length, axis=0)
+
+    latents = episode.latents[start : start + 1].expand(length, *episode.latents.shape[1:]).clone()
+    return dataclasses.replace(episode, latents=latents, states=held(episode.states), actions=held(episode.actions))
 
 
 def margins(report: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +207,11 @@ def report_table(report: dict[str, Any]) -> str:
     for baseline, margin in report.get("margins", {}).items():
         lines.append(f"model - {baseline}: {margin['psnr']:+.2f} dB (per view: "
                      + ", ".join(f"{v} {m:+.2f}" for v, m in zip(views, margin["per_view"], strict=True)) + ")")
+    if "still_scene" in report:
+        still = report["still_scene"]
+        lines.append(f"still scene (each episode's first frame held, nothing moves): PSNR {still['psnr']:.2f} "
+                     "(per view: " + ", ".join(f"{v} {row['psnr']:.2f}" for v, row in
+                                             zip(views, still["per_view"], strict=True)) + ")")
     if report.get("worse_than_repeat"):
         lines.append("WARNING: the model is worse than repeating the last frame on "
                      + ", ".join(report["worse_than_repeat"]))

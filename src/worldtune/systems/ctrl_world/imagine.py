@@ -68,7 +68,8 @@ def start_policy(policy: Any, observation: Observation) -> Any:
 
 
 class WorldModelEnv:
-    """The world model as an environment (see the module docstring); `seed` fixes the sampler's noise."""
+    """The world model as an environment (see the module docstring); `seed` fixes the sampler's noise;
+    `view_names` (default: each episode's camera names) label the views of an `Observation`."""
 
     def __init__(self, model: torch.nn.Module, cfg: CtrlWorldRunConfig, *, seed: int = 0,
                  view_names: list[str] | None = None) -> None:
@@ -76,7 +77,8 @@ class WorldModelEnv:
         self.space = latent_space(cfg)
         meta = meta_info_path(cfg.data)
         self.bounds = action_bounds(load_stats(meta), cfg.data.action_key, meta / "stat.json")
-        self.views = view_names or [str(v) for v in cfg.data.views]
+        self._view_names = view_names  # None: the episode's camera names at each reset
+        self.views = view_names or [f"view {v}" for v in cfg.data.views]
         d = cfg.data
         self.rows_per_chunk = (d.num_frames - 1) * max(d.frame_stride, 1)
         if self.rows_per_chunk < 1:
@@ -95,6 +97,7 @@ class WorldModelEnv:
         raw = episode.states if d.action_key == "states" else episode.actions
         if raw is None:
             raise ValueError(f"episode {episode.episode_id}: no {d.action_key!r} in its annotation")
+        self.views = self._view_names or episode.views or self.views
         self._latents = list(episode.latents[: start + 1].float())
         self._rows = [np.asarray(r, dtype=np.float64) for r in raw[: start + 1]]
         self._instruction = instruction if instruction is not None else episode.text

@@ -21,30 +21,31 @@ from worldtune.models.svd_world import SVD_LATENT_SCALE, CtrlWorldModel
 from worldtune.systems.ctrl_world import world_edm
 from worldtune.systems.ctrl_world.config import CtrlWorldModelConfig, CtrlWorldRunConfig
 from worldtune.systems.ctrl_world.dataset import CtrlWorldDataConfig, CtrlWorldDataset, meta_info_path
+from worldtune.systems.ctrl_world.view_scales import view_scales
 from worldtune.train.recipe import Parts, Recipe
 from worldtune.utils.logging import get_logger
 
 log = get_logger()
 
 
-def build_world_model(m: CtrlWorldModelConfig) -> CtrlWorldModel:
-    """The world model the `model` section describes (the section is the model's config)."""
+def build_world_model(m: CtrlWorldModelConfig, views: int = 1) -> CtrlWorldModel:
+    """The world model the `model` section describes (the section is the model's config), for `views`
+    cameras stacked along height."""
     text_dim = 512 if m.text_cond else None
-    latent_scale = SVD_LATENT_SCALE if m.latent_space == "svd" else 1.0
+    common = {"action_dim": m.action_dim, "text_dim": text_dim, "views": views,
+              "latent_scale": SVD_LATENT_SCALE if m.latent_space == "svd" else 1.0}
     if m.size == "tiny":
         unet = {"block_out_channels": tuple(m.tiny_block_out_channels),
                 "cross_attention_dim": m.tiny_cross_attention_dim, "num_attention_heads": m.tiny_num_attention_heads}
-        return CtrlWorldModel.tiny(m, m.latent_channels, action_dim=m.action_dim, text_dim=text_dim,
-                                   action_widths=tuple(m.tiny_action_widths), unet_kwargs=unet,
-                                   latent_scale=latent_scale)
+        return CtrlWorldModel.tiny(m, m.latent_channels, action_widths=tuple(m.tiny_action_widths),
+                                   unet_kwargs=unet, **common)
     if m.size != "svd":
         raise ConfigError(f"model.size: expected svd or tiny, got {m.size!r}")
     if m.svd_path:
         _require_folder(Path(m.svd_path) / "unet", "model.svd_path", "an SVD folder with unet/config.json")
-        return CtrlWorldModel.from_svd(m.svd_path, m, subfolder="unet", action_dim=m.action_dim, text_dim=text_dim,
-                                       latent_scale=latent_scale)
+        return CtrlWorldModel.from_svd(m.svd_path, m, subfolder="unet", **common)
     log.warning("model.svd_path is not set: the SVD UNet starts from random weights")
-    return CtrlWorldModel.svd(m, action_dim=m.action_dim, text_dim=text_dim, latent_scale=latent_scale)
+    return CtrlWorldModel.svd(m, **common)
 
 
 def _require_folder(folder: Path, key: str, what: str) -> None:
@@ -73,12 +74,21 @@ class CtrlWorldRecipe(Recipe):
         return parts
 
     def build_model(self, cfg: CtrlWorldRunConfig) -> CtrlWorldModel:
-        return build_world_model(cfg.model)
+        return build_world_model(cfg.model, len(cfg.data.views))
 
     def build_models(self, cfg: CtrlWorldRunConfig) -> Parts:
-        model = build_world_model(cfg.model)
+        model = build_world_model(cfg.model, len(cfg.data.views))
+        if cfg.model.zero_init_output:
+            torch.nn.init.zeros_(model.unet.conv_out.weight)
+            torch.nn.init.zeros_(model.unet.conv_out.bias)
         if cfg.model.ckpt_path:
             load_pretrained(model, cfg.model.ckpt_path)
+        scales = view_scales(cfg)
+        if scales is not None:
+            model.view_scales.copy_(torch.tensor(scales))
+            log.info("view scales (changes magnified per view, %s): %s",
+                     "model.view_scales" if cfg.model.view_scales else "normalise_views",
+                     ", ".join(f"{s:.3g}" for s in scales))
         frozen = {}
         if cfg.model.text_cond:
             frozen["text_encoder"] = ClipText.load(cfg.model.clip_path)

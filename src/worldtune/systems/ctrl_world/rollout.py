@@ -100,17 +100,21 @@ def rollout_starts(cfg: CtrlWorldRunConfig, length: int, chunks: int, count: int
 
 
 def write_rollout_video(out: str | Path, cfg: CtrlWorldRunConfig, run: Rollout, fps: float = 5.0,
-                        upscale: int = 1) -> Path:
-    """Ground truth beside the prediction, all views stacked along height; `upscale` repeats every
-    pixel that many times each way (tiny frames are otherwise unreadable in a player)."""
-    from worldtune.data.video_write import side_by_side, write_video
+                        upscale: int = 1, view_names: list[str] | None = None) -> Path:
+    """A labelled comparison: one row per camera, truth | prediction | |difference|, the first frame of
+    every chunk marked; `upscale` repeats every pixel that many times each way (tiny frames are
+    otherwise unreadable in a player)."""
+    from worldtune.data.video_panels import comparison_panel
+    from worldtune.data.video_write import write_video
+    from worldtune.eval.metrics import split_views
 
-    if upscale < 1:
-        raise ValueError(f"upscale must be >= 1, got {upscale}")
+    views = len(cfg.data.views)
     space = latent_space(cfg)
-    video = side_by_side(decode_video(space, run.target[None])[0], decode_video(space, run.prediction[None])[0])
-    video = video.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
-    return write_video(out, video, fps=fps)
+    truth = split_views(decode_video(space, run.target[None])[0], views)
+    prediction = split_views(decode_video(space, run.prediction[None])[0], views)
+    names = view_names or [f"view {v}" for v in cfg.data.views]
+    chunk_starts = list(range(0, len(run.target), _new_frames_per_chunk(cfg)))
+    return write_video(out, comparison_panel(truth, prediction, names, chunk_starts, upscale=upscale), fps=fps)
 
 
 def data_config_for_episode(cfg: CtrlWorldRunConfig, episode_dir: str | Path):

@@ -5,7 +5,8 @@ Clip layout: latents `[B, H + F, C, h, w]`, actions `[B, H + F, A]`. Frames `0 .
 denoised and carry the loss: like upstream (its loss slice is `[:, num_history:]`) the current frame is
 predicted too, although it is also the channel-concatenated condition of every frame. The settings are
 the run config's `model` section (`CtrlWorldModelConfig`): `p_mean`, `p_std`, `cfg_drop`,
-`history_noise`, `cond_noise_max`, `sigma_min`, `sigma_max`, `sigma_data`, `residual`.
+`history_noise`, `cond_noise_max`, `sigma_min`, `sigma_max`, `sigma_data`, `residual`; with `residual`
+each view's changes are magnified by the model's `view_scales` (see `view_scales.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,30 @@ def _lightly_noised(frames: torch.Tensor, sigma: torch.Tensor, generator: torch.
     return (frames + sigma * noise) * (sigma**2 + 1).rsqrt()
 
 
+def view_scale_map(model: CtrlWorldModel, height: int) -> torch.Tensor | None:
+    """`[1, 1, 1, height, 1]`: the model's `view_scales`, one per stacked view's rows (None: all ones)."""
+    scales = model.view_scales
+    if bool((scales == 1).all()):
+        return None
+    if height % len(scales):
+        raise ValueError(f"the model has view_scales for {len(scales)} views; latents of height {height} "
+                         "are not that many views stacked")
+    return scales.float().repeat_interleave(height // len(scales)).view(1, 1, 1, height, 1)
+
+
+def hold_still(latents: torch.Tensor, actions: torch.Tensor, num_history: int, prob: float,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace each clip, with probability `prob`, by its current frame (and that frame's action) held
+    over every frame: a clip in which nothing moves."""
+    still = torch.rand(latents.shape[0], device=latents.device, generator=generator) < prob
+    if not bool(still.any()):
+        return latents, actions
+    held_latents = latents[:, num_history : num_history + 1].expand_as(latents)
+    held_actions = actions[:, num_history : num_history + 1].expand_as(actions)
+    pick = still.view(-1, *([1] * (latents.ndim - 1)))
+    return torch.where(pick, held_latents, latents), torch.where(still.view(-1, 1, 1), held_actions, actions)
+
+
 def training_loss(model: CtrlWorldModel, m: CtrlWorldModelConfig, num_history: int, latents: torch.Tensor,
                   actions: torch.Tensor, text_emb: torch.Tensor | None = None, *, sigma: torch.Tensor | None = None,
                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -48,6 +73,8 @@ def training_loss(model: CtrlWorldModel, m: CtrlWorldModelConfig, num_history: i
                          f"got {tuple(latents.shape)} and {tuple(actions.shape)}")
     latents = latents.float()
     dev = latents.device
+    if m.still_prob > 0 and model.training:
+        latents, actions = hold_still(latents, actions, h_n, m.still_prob, generator)
 
     # condition: the current frame, lightly noised (sigma_c ~ U(0, cond_noise_max)) and rescaled
     sigma_c = torch.rand(b, 1, 1, 1, device=dev, generator=generator) * m.cond_noise_max
@@ -66,6 +93,8 @@ def training_loss(model: CtrlWorldModel, m: CtrlWorldModelConfig, num_history: i
     target = latents[:, h_n:]
     if m.residual:
         target = target - latents[:, h_n : h_n + 1]
+        scale = view_scale_map(model, target.shape[-2])
+        target = target if scale is None else target * scale
     noisy = target + sigma.view(b, 1, 1, 1, 1) * torch.randn(target.shape, device=dev, generator=generator)
 
     # history: sigma_h ~ |N(0, history_noise)| per frame (upstream's randn * 0.3: only sigma_h^2 and the
@@ -149,4 +178,9 @@ def sample(model: CtrlWorldModel, m: CtrlWorldModelConfig, num_history: int, his
         return denoise(model, m.sigma_data, x, sigma, history, cond, context, guidance)
 
     x = solve_ode(x0_hat, noise.float() * sigmas[0], sigmas, solver)
-    return x + history_latents[:, h_n : h_n + 1] if m.residual else x
+    if not m.residual:
+        return x
+    if m.change_deadzone > 0:
+        x = torch.where(x.abs() < m.change_deadzone * m.sigma_data, torch.zeros_like(x), x)
+    scale = view_scale_map(model, x.shape[-2])
+    return (x if scale is None else x / scale) + history_latents[:, h_n : h_n + 1]
