@@ -80,7 +80,9 @@ def test_train_kill_resume_rollout_and_evaluate(dataset, tmp_path):
     assert main(["generate", "ctrl-world", "--run", str(run), "--episode", str(dataset / "0"), "--chunks", "2",
                  "--upscale", "2", "--out", str(out)]) == 0
     info = probe_video(out)
-    assert (info.num_frames, info.width, info.height) == (4, 64, 64)  # 2 chunks x 2 frames; truth | prediction, x2
+    # 2 chunks x 2 frames; a 92 px label column + truth | prediction | difference cells of 16x2 px (+2 gap),
+    # two camera rows between a 14 px header and a 14 px caption
+    assert (info.num_frames, info.width, info.height) == (4, 92 + 3 * 34, 14 + 2 * 34 + 14)
 
     from worldtune.systems.ctrl_world.evaluate import evaluate
 

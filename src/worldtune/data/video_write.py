@@ -70,7 +70,8 @@ def write_video(
 
     Odd heights/widths are padded to even by repeating the last row/column. ``crf`` (``None`` to omit,
     for encoders without it) and ``options`` (e.g. ``{"g": "5"}`` for the keyframe interval) are
-    passed to the encoder. The file appears atomically: it is written to a temporary name in the same
+    passed to the encoder (libx264 gets ``x264-params=mbtree=0`` unless ``options`` say otherwise: the
+    same frames then always give the same file). The file appears atomically: it is written to a temporary name in the same
     directory and renamed. Returns the path written.
     """
     if not (math.isfinite(fps) and fps > 0):
@@ -78,6 +79,11 @@ def write_video(
     data = _pad_to_even(_as_uint8_frames(frames))
     dest = Path(path)
     encoder_options = {} if crf is None else {"crf": str(crf)}
+    if codec == "libx264":
+        # libx264's macroblock tree (PyAV 18 / FFmpeg 8) encoded the same frames into visibly
+        # different files from run to run (measured: 5 distinct files in 6); a rerun must reproduce
+        # a video exactly, and at crf 18 the tree's bit saving does not matter.
+        encoder_options["x264-params"] = "mbtree=0"
     encoder_options.update(options or {})
     try:
         with atomic_path(dest) as tmp:
