@@ -10,6 +10,7 @@ frame held, nothing moving) rolled out above 40 dB.
 
     .venv/bin/python benchmarks/ctrl_world_worlds.py                       # all worlds, demo defaults
     .venv/bin/python benchmarks/ctrl_world_worlds.py --worlds textured --steps 300 --out runs/worlds
+    .venv/bin/python benchmarks/ctrl_world_worlds.py --worlds blocks --model cond_noise_max=0.1  # a recipe change
 
 Each world trains a model as long as the demo does; on 2 CPU cores expect the demo's time per world.
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import yaml
 
 from worldtune.systems.ctrl_world.demo import WORLDS, run_demo
 from worldtune.systems.ctrl_world.evaluate import evaluate
@@ -34,18 +37,29 @@ def margins_line(world: str, chunks: int, report: dict) -> str:
             f"({per_view})  over other actions {over_other:+.2f}  {'PASS' if ok else 'FAIL'}")
 
 
+def model_override(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--model {item!r}: expected KEY=VALUE")
+    return key, yaml.safe_load(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worlds", default="blocks,textured,clutter", help=f"comma-separated, of {', '.join(WORLDS)}")
     parser.add_argument("--out", default="runs/worlds")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     parser.add_argument("--episodes", type=int, default=None, help="simulated episodes (default: the demo's)")
+    parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                        help="a `model:` key over the demo's (YAML value), e.g. --model cond_noise_max=0.1; repeatable")
     args = parser.parse_args()
+    overrides = dict(model_override(item) for item in args.model)
     lines, results = [], {}
     for world in args.worlds.split(","):
         out = Path(args.out) / world
         given = {"steps": args.steps, "episodes": args.episodes}
-        metrics = run_demo(out, world=world, **{k: v for k, v in given.items() if v is not None})
+        metrics = run_demo(out, world=world, model_overrides=overrides,
+                           **{k: v for k, v in given.items() if v is not None})
         results[world] = {"2": metrics}
         four = evaluate(out / "run", split="val", chunks=4, max_episodes=8, starts=6)
         results[world]["4"] = four

@@ -9,7 +9,8 @@ median wall times and `slowdown beside a hog (with / alone)`.
     .venv/bin/python benchmarks/demo_contention.py --steps 300
     .venv/bin/python benchmarks/demo_contention.py --steps 300 --pythonpath /tmp/old_checkout/src
 
-`--pythonpath` runs another checkout's code with this environment (e.g. the code before a change).
+`--pythonpath` runs another checkout's code with this environment (e.g. the code before a change);
+`--demo-env KEY=VALUE` sets a variable for the demo only (the hog keeps the defaults).
 """
 
 from __future__ import annotations
@@ -49,14 +50,21 @@ def beside_hog(out: Path, args: argparse.Namespace, env: dict[str, str]) -> tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="demo training steps (the demo's default: 900)")
+    parser.add_argument("--steps", type=int, default=300, help="demo training steps (the demo's default: 1200)")
     parser.add_argument("--episodes", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=1, help="alternating (alone, beside hog) pairs")
     parser.add_argument("--pythonpath", help="run the worldtune package found here instead of the installed one")
+    parser.add_argument("--demo-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the demo only (not the hog), e.g. GOMP_SPINCOUNT=10000")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     if args.pythonpath:
         env["PYTHONPATH"] = args.pythonpath
+    for item in args.demo_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--demo-env {item!r}: expected KEY=VALUE")
+        env[key] = value
     alone, shared = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):

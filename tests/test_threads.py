@@ -96,16 +96,22 @@ def test_worker_init_fn_gives_one_thread(restore_threads):
 
 def test_passive_openmp_only_before_torch_and_not_over_the_user(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     assert threads.prefer_passive_openmp() is False  # torch is loaded here: too late to matter
-    assert "OMP_WAIT_POLICY" not in os.environ
+    assert "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
     code = ("import os, sys; from worldtune.utils.threads import prefer_passive_openmp; "
-            "print(prefer_passive_openmp(), os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
-    env = {k: v for k, v in subprocess_env().items() if k != "OMP_WAIT_POLICY"}
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert run.stdout.split() == ["True", "PASSIVE", "False"]
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert run.stdout.split() == ["True", "ACTIVE", "False"]  # the user's choice stays
+            "print(prefer_passive_openmp(), os.environ['OMP_WAIT_POLICY'], os.environ.get('GOMP_SPINCOUNT'), "
+            "'torch' in sys.modules)")
+    clean = {k: v for k, v in subprocess_env().items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def chosen(**user: str) -> list[str]:
+        run = subprocess.run([sys.executable, "-c", code], env={**clean, **user}, capture_output=True, text=True,
+                             check=True)
+        return run.stdout.split()
+
+    assert chosen() == ["True", "PASSIVE", "1000", "False"]  # sleep after a short spin
+    assert chosen(OMP_WAIT_POLICY="ACTIVE") == ["True", "ACTIVE", "None", "False"]  # the user's choice stays
+    assert chosen(GOMP_SPINCOUNT="50") == ["True", "PASSIVE", "50", "False"]
 
 
 def test_the_command_line_asks_for_passive_waits_before_torch_loads():

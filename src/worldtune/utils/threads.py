@@ -14,14 +14,22 @@ Two problems, both worst on a small or shared machine:
   thread is done (GNU OpenMP: up to 300,000 spins before sleeping). When another process holds a
   core, the thread it preempted finishes late and its partners spin through their time slices
   meanwhile, so every parallel op waits for the scheduler. ``OMP_WAIT_POLICY=PASSIVE`` makes
-  waiting threads sleep instead. OpenMP reads it once, when torch loads it: :func:`prefer_passive_openmp`
-  sets it (unless the user did) and must run before ``import torch`` (the command line does it first).
+  waiting threads sleep instead, and ``GOMP_SPINCOUNT=1000`` lets them spin briefly first, so that
+  back-to-back small ops do not each pay a wake-up. OpenMP reads both once, when torch loads it:
+  :func:`prefer_passive_openmp` sets them (unless the user set either) and must run before
+  ``import torch`` (the command line does it first).
 
 Measured on 2 cores beside a loop of torch matmuls (median s/step, alone -> beside it): a small conv
 net 0.030 -> 0.393 spinning, 0.030 -> 0.055 passive; the tiny LAM 0.021 -> 2.04 spinning, 0.030 ->
 0.070 passive; Ctrl-World's tiny.yaml 0.42 -> 1.60 spinning (up to 19.7 while other jobs ran too),
 0.51 -> 0.96 passive. Tiny models with many small ops lose up to a third alone (each op wakes its
 threads); ``OMP_WAIT_POLICY=ACTIVE`` gets the spinning back on a machine of one's own.
+
+The spin count, measured on the whole 16 px demo at 60 steps (``benchmarks/demo_contention.py``,
+wall seconds alone / beside a matmul loop with torch's default threads, one or two runs each):
+300,000 spins (GNU's default) 40 / 198; passive, 0 spins 59-65 / 80-90; 1,000 spins 46-48 / 89-90;
+10,000 spins 44 / 127; 100,000 spins 47 / 114. A thousand spins keeps most of passive's gain beside
+another job and gives back most of what it costs alone.
 """
 
 from __future__ import annotations
@@ -35,6 +43,11 @@ from worldtune.utils.logging import get_logger
 logger = get_logger("worldtune.utils.threads")
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
+SPIN_COUNT = "GOMP_SPINCOUNT"
+# Spins before a waiting thread sleeps (GNU OpenMP: 300,000 by default, 0 when passive). A thousand
+# (microseconds) keeps back-to-back small ops from paying a wake-up each, and is over long before a
+# preempted partner comes back (see the module docstring for the measurements).
+SHORT_SPIN = 1000
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,9 @@ class ThreadChoice:
         else:
             why = f"{self.source}={self.threads}"
         policy = os.environ.get(WAIT_POLICY, "unset")
-        return f"torch threads: {self.threads} ({why}); 1 in each data-loading worker; {WAIT_POLICY}={policy}"
+        spin = f", {SPIN_COUNT}={os.environ[SPIN_COUNT]}" if SPIN_COUNT in os.environ else ""
+        return (f"torch threads: {self.threads} ({why}); 1 in each data-loading worker; "
+                f"{WAIT_POLICY}={policy}{spin}")
 
 
 def usable_cores() -> int:
@@ -113,9 +128,12 @@ def worker_init_fn(worker_id: int) -> None:
 
 
 def prefer_passive_openmp() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a policy. Only effective before torch is
-    imported (OpenMP reads it when it loads); returns whether it will take effect."""
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` with a short spin (``GOMP_SPINCOUNT``, GNU OpenMP's, which
+    torch's CPU builds use) unless the user set either. Only effective before torch is imported
+    (OpenMP reads them when it loads); returns whether it will take effect."""
     if "torch" in sys.modules:
         return False
+    if WAIT_POLICY not in os.environ and SPIN_COUNT not in os.environ:
+        os.environ[SPIN_COUNT] = str(SHORT_SPIN)
     os.environ.setdefault(WAIT_POLICY, "PASSIVE")
     return True

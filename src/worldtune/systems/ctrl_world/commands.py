@@ -114,7 +114,7 @@ def _eval_policy(args: argparse.Namespace) -> int:
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder")
     parser.add_argument("--episodes", type=int, default=None, help="simulated episodes (default 48)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default 900)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 1200)")
     parser.add_argument("--world", default="blocks", choices=("blocks", "textured", "clutter", "still"),
                         help="blocks: the robot simulator (with the policy check); textured / clutter / still: "
                              "planar pushing worlds of other image statistics")
@@ -139,6 +139,6 @@ COMMANDS = (
     Command("eval", "ctrl-world", "rollout PSNR / SSIM per view against ground truth and two baselines; "
             "or a policy in imagination (--policy)",
             _eval_arguments, _eval),
-    Command("demo", "", "simulate a robot, convert, train a tiny Ctrl-World, evaluate (CPU, about 4 minutes)",
+    Command("demo", "", "simulate a robot, convert, train a tiny Ctrl-World, evaluate (CPU, 6-9 minutes on 2 cores)",
             _demo_arguments, _demo),
 )
