@@ -45,7 +45,7 @@ logger = get_logger("worldtune.utils.threads")
 WAIT_POLICY = "OMP_WAIT_POLICY"
 SPIN_COUNT = "GOMP_SPINCOUNT"
 # Spins before a waiting thread sleeps (GNU OpenMP: 300,000 by default, 0 when passive). A thousand
-# (microseconds) keeps back-to-back small ops from paying a wake-up each, and is over long before a
+# (some microseconds) keeps back-to-back small ops from paying a wake-up each, and is over long before a
 # preempted partner comes back (see the module docstring for the measurements).
 SHORT_SPIN = 1000
 

@@ -153,12 +153,11 @@ WORLDS = ("blocks", "textured", "clutter", "still")
 def simulate_world(raw: Path, world: str, episodes: int, *, image_size: int, num_steps: int, cameras: list[str],
                    supersample: int, workers: int | None = None, **blocks_settings: Any) -> None:
     """`episodes` ALOHA-style HDF5 recordings of `world` in `raw` (dataset seed 0)."""
-    import os
-
     from worldtune.data.pushworld import generate_push_dataset
     from worldtune.data.toyenv import generate_dataset
+    from worldtune.utils.threads import usable_cores
 
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or usable_cores()
     common = {"image_size": image_size, "num_steps": num_steps, "cameras": cameras, "supersample": supersample,
               "workers": workers}
     if world == "blocks":

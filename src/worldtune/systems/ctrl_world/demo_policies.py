@@ -10,9 +10,11 @@ state, instruction), so they run unchanged in the world model and in the simulat
 - `ReachNearby` aims at the block with a random error of a few centimetres: right about half the time;
 - `ReachRandom` moves to a random point of the table: right only by chance.
 
-`reached_block` judges an episode from its last frame alone: the block must fill the centre of the
-wrist camera's view (it looks straight down between the fingers). In the world model that is a test
-of the imagined frames, not of the commanded poses.
+`reached_block` judges an episode from its frames alone: in the fixed camera, the gripper at the last
+frame (where the picture turned orange since the start frame) must be over the target block (found in
+the start frame). In the world model that is a test of the imagined frames, not of the commanded
+poses. `reached_block_wrist` asks the wrist camera instead (the block under its centre): exact on
+rendered frames, but a blurred imagined wrist view rarely passes it.
 Use: `worldtune eval ctrl-world RUN --policy worldtune.systems.ctrl_world.demo_policies:ReachBlock
 --success worldtune.systems.ctrl_world.demo_policies:reached_block --chunks 6`.
 """

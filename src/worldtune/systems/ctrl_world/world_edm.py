@@ -32,15 +32,27 @@ def _lightly_noised(frames: torch.Tensor, sigma: torch.Tensor, generator: torch.
     return (frames + sigma * noise) * (sigma**2 + 1).rsqrt()
 
 
-def view_scale_map(model: CtrlWorldModel, height: int) -> torch.Tensor | None:
-    """`[1, 1, 1, height, 1]`: the model's `view_scales`, one per stacked view's rows (None: all ones)."""
+def view_scale_map(model: CtrlWorldModel, height: int) -> torch.Tensor:
+    """`[1, 1, 1, height, 1]`: the model's `view_scales`, one per stacked view's rows."""
     scales = model.view_scales
-    if bool((scales == 1).all()):
-        return None
     if height % len(scales):
         raise ValueError(f"the model has view_scales for {len(scales)} views; latents of height {height} "
                          "are not that many views stacked")
     return scales.float().repeat_interleave(height // len(scales)).view(1, 1, 1, height, 1)
+
+
+def changes_to_model_space(model: CtrlWorldModel, changes: torch.Tensor) -> torch.Tensor:
+    """Frame changes `[B, F, C, h, w]` as the residual model denoises them: each view's magnified by its
+    `view_scales` factor (ones: unchanged)."""
+    return changes * view_scale_map(model, changes.shape[-2])
+
+
+def changes_from_model_space(model: CtrlWorldModel, m: CtrlWorldModelConfig, x: torch.Tensor) -> torch.Tensor:
+    """The inverse of `changes_to_model_space` for a sample, after `change_deadzone`: values below that
+    fraction of `sigma_data` (where every view's typical change is `sigma_data`) become exactly zero."""
+    if m.change_deadzone > 0:
+        x = torch.where(x.abs() < m.change_deadzone * m.sigma_data, torch.zeros_like(x), x)
+    return x / view_scale_map(model, x.shape[-2])
 
 
 def hold_still(latents: torch.Tensor, actions: torch.Tensor, num_history: int, prob: float,
@@ -48,8 +60,6 @@ def hold_still(latents: torch.Tensor, actions: torch.Tensor, num_history: int, p
     """Replace each clip, with probability `prob`, by its current frame (and that frame's action) held
     over every frame: a clip in which nothing moves."""
     still = torch.rand(latents.shape[0], device=latents.device, generator=generator) < prob
-    if not bool(still.any()):
-        return latents, actions
     held_latents = latents[:, num_history : num_history + 1].expand_as(latents)
     held_actions = actions[:, num_history : num_history + 1].expand_as(actions)
     pick = still.view(-1, *([1] * (latents.ndim - 1)))
@@ -92,9 +102,7 @@ def training_loss(model: CtrlWorldModel, m: CtrlWorldModelConfig, num_history: i
     pc = Precond.at(sigma.view(b, 1, 1, 1, 1), m.sigma_data)
     target = latents[:, h_n:]
     if m.residual:
-        target = target - latents[:, h_n : h_n + 1]
-        scale = view_scale_map(model, target.shape[-2])
-        target = target if scale is None else target * scale
+        target = changes_to_model_space(model, target - latents[:, h_n : h_n + 1])
     noisy = target + sigma.view(b, 1, 1, 1, 1) * torch.randn(target.shape, device=dev, generator=generator)
 
     # history: sigma_h ~ |N(0, history_noise)| per frame (upstream's randn * 0.3: only sigma_h^2 and the
@@ -178,9 +186,4 @@ def sample(model: CtrlWorldModel, m: CtrlWorldModelConfig, num_history: int, his
         return denoise(model, m.sigma_data, x, sigma, history, cond, context, guidance)
 
     x = solve_ode(x0_hat, noise.float() * sigmas[0], sigmas, solver)
-    if not m.residual:
-        return x
-    if m.change_deadzone > 0:
-        x = torch.where(x.abs() < m.change_deadzone * m.sigma_data, torch.zeros_like(x), x)
-    scale = view_scale_map(model, x.shape[-2])
-    return (x if scale is None else x / scale) + history_latents[:, h_n : h_n + 1]
+    return changes_from_model_space(model, m, x) + history_latents[:, h_n : h_n + 1] if m.residual else x
