@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "vidar": "worldtune.systems.vidar",
     "lam": "worldtune.systems.lam",
     "ctrl_world": "worldtune.systems.ctrl_world",
+    "idm": "worldtune.systems.idm",
 }
 
 __all__ = ["Command", "REGISTRY", "System", "all_systems", "get_recipe", "get_system",

@@ -75,7 +75,9 @@ def export_run(run_dir: str | Path, recipe: Recipe | None = None, *, checkpoint:
     out = Path(out_dir) if out_dir is not None else run_root / "export"
     step = trainer_state["progress"]["step"]
     stem = name or (recipe.export_name.format(step=step) if custom else "model")
-    written = write_weights(weights, out, stem, metadata={"step": str(trainer_state["progress"]["step"])})
+    payload = recipe.export_payload(weights, cfg) if custom else None
+    written = write_weights(weights, out, stem, metadata={"step": str(trainer_state["progress"]["step"])},
+                            pt_payload=payload)
     extra = recipe.export_files(cfg) if custom else {}
     return written + [write_text_atomic(out / file_name, text) for file_name, text in extra.items()]
 
@@ -87,11 +89,11 @@ def _config_of(path: Path, recipe):
 
 
 def write_weights(weights: dict[str, torch.Tensor], out_dir: Path, name: str,
-                  metadata: dict[str, str] | None = None) -> list[Path]:
-    """`<name>.safetensors` and `<name>.pt`, each written to a temporary file and renamed, with the
-    mode any file the user writes gets (the umask's)."""
+                  metadata: dict[str, str] | None = None, pt_payload: dict | None = None) -> list[Path]:
+    """`<name>.safetensors` and `<name>.pt` (the weights, or `pt_payload` when given), each written
+    to a temporary file and renamed, with the mode any file the user writes gets (the umask's)."""
     weights = {k: v.contiguous() for k, v in sorted(weights.items())}
     safetensors = save_safetensors(weights, out_dir / f"{name}.safetensors", metadata=metadata)
     with atomic_path(out_dir / f"{name}.pt") as tmp:
-        torch.save(weights, tmp)
+        torch.save(weights if pt_payload is None else pt_payload, tmp)
     return [safetensors, out_dir / f"{name}.pt"]

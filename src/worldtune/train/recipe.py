@@ -99,6 +99,12 @@ class Recipe:
         """The exported artefact from all model weights of a checkpoint (only with export_name)."""
         return weights
 
+    def export_payload(self, weights: dict[str, torch.Tensor], cfg: RunConfig) -> dict[str, Any] | None:
+        """What `<export_name>.pt` holds when it is not the plain state dict (e.g. the IDM's
+        `{"model_state_dict": ..., "output_dim": ...}`, the released file's layout); tensors, numbers,
+        strings, lists and dicts only, so that it loads with `weights_only=True`. None: the weights."""
+        return None
+
     def export_files(self, cfg: RunConfig) -> dict[str, str]:
         """Text files written beside the exported weights ({file name: contents}), e.g. the
         model's config.json, so that the export loads (and converts) without the run."""

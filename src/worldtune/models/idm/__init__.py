@@ -17,17 +17,23 @@ gradient into `m`; its output is de-normalised with the stored statistics (see `
 from .config import IDMConfig
 from .load import load_idm_state
 from .model import IDM, MaskedRegressor, soft_mask, straight_through
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PUBLISHED_IMAGE_SIZE, latent_mask, preprocess
 from .resnet import BottleneckBlock, ResNetRegressor
 from .unet import MaskUNet
 
 __all__ = [
     "IDM",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PUBLISHED_IMAGE_SIZE",
     "BottleneckBlock",
     "IDMConfig",
     "MaskUNet",
     "MaskedRegressor",
     "ResNetRegressor",
+    "latent_mask",
     "load_idm_state",
+    "preprocess",
     "soft_mask",
     "straight_through",
 ]

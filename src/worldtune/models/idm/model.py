@@ -125,6 +125,8 @@ class IDM(nn.Module):
         self._check_frames(images)
         return self.model.mask(images)
 
+    get_mask = mask  # the seed's name (`idm.get_mask(frames)` in its Vidarc pseudo-code)
+
     def forward_normalized(self, images: torch.Tensor, return_mask: bool = False) -> MaskedOutput:
         """Actions in normalised units (for the loss); with `return_mask`, `(actions, soft mask)`."""
         self._check_frames(images)
