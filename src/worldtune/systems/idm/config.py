@@ -46,11 +46,11 @@ class IdmModelSection(IDMConfig):
 
 @dataclass
 class IdmDataConfig(EpisodeDataConfig):
-    """Every frame of every episode (`num_frames` 1, a clip starting at each source frame), tiled
-    as the Vidar recipe tiles cameras, with its row of actions.npy; plus training augmentation."""
+    """Every frame of every episode, tiled as the Vidar recipe tiles cameras, with its row of
+    actions.npy, in items of `num_frames` consecutive frames (1: upstream's single frames; 5 or 9
+    decode far less video, see `systems/idm/data.py`); plus training augmentation."""
 
     num_frames: int = 1
-    clip_stride: int | None = 1
     height: int = 720  # upstream's composite before the 518 resize ("480 + 240")
     width: int = 640
     stride: int = 8
@@ -65,8 +65,6 @@ class IdmDataConfig(EpisodeDataConfig):
     flip_negate: list[int] = field(default_factory=lambda: list(BIMANUAL_FLIP_NEGATE))
 
     def check(self) -> None:
-        if self.num_frames != 1:
-            raise ConfigError(f"data.num_frames: the IDM reads single frames, got {self.num_frames}")
         if len(self.color_jitter) != 3 or any(not 0 <= v < 1 for v in self.color_jitter):
             raise ConfigError(f"data.color_jitter: three values in [0, 1), got {list(self.color_jitter)}")
         if not 0 <= self.flip_prob <= 1:

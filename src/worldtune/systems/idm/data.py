@@ -1,10 +1,15 @@
 """Frame / action pairs for the IDM from Vidar's episode layout, with its training augmentation.
 
-An item is ``{"frame": float [3, H, W] in [-1, 1] (cameras tiled as Vidar tiles them), "action":
-float32 [action_dim], "episode": str, "frame_index": int}``. The episodes, manifest, splits,
-decoding and tiling are the Vidar recipe's (`EpisodeClipDataset` with one-frame clips, one per
-source frame); on top, every episode's actions must be finite (a NaN names the file, or, with
-``on_bad_sample: skip``, the episode is logged, counted and left out).
+An item is ``{"frames": float [T, 3, H, W] in [-1, 1] (cameras tiled as Vidar tiles them),
+"actions": float32 [T, action_dim], "episode": str, "frame_indices": long [T]}`` with T =
+``num_frames``; `collate_frames` flattens a batch into its B * T frames. The episodes, manifest,
+splits, decoding and tiling are the Vidar recipe's (`EpisodeClipDataset`, clips side by side so
+that each frame is served once an epoch); on top, every episode's actions must be finite (a NaN
+names the file, or, with ``on_bad_sample: skip``, the episode is logged, counted and left out).
+
+One frame per item is upstream's sampling. Decoding a single frame means decoding from the
+keyframe before it, so ``num_frames`` 5 or 9 (consecutive frames from one clip, decoded together)
+trades some diversity within a batch for much less decoding.
 """
 
 from __future__ import annotations
@@ -38,11 +43,11 @@ class IdmFrameDataset(EpisodeClipDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = super().__getitem__(index)
-        frame, action = item["video"][:, 0], item["actions"][0]
+        frames, actions = item["video"].permute(1, 0, 2, 3), item["actions"]
         if self.augment:
-            frame, action = augment(frame, action, self.cfg)
-        return {"frame": frame, "action": action, "episode": item["episode"],
-                "frame_index": int(item["frame_indices"][0])}
+            frames, actions = augment(frames, actions, self.cfg)
+        return {"frames": frames, "actions": actions, "episode": item["episode"],
+                "frame_indices": item["frame_indices"]}
 
     def all_actions(self) -> np.ndarray:
         """Every row of every episode's actions.npy (the frames this dataset serves), `[N, D]` float64."""
@@ -56,8 +61,15 @@ def action_statistics(actions: np.ndarray, floor: float = 1e-6) -> tuple[np.ndar
     return mean, np.where(std < floor, 1.0, std)
 
 
+def collate_frames(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of B items of T frames -> `frames [B*T, 3, H, W]`, `actions [B*T, D]`."""
+    return {"frames": torch.cat([i["frames"] for i in items]), "actions": torch.cat([i["actions"] for i in items]),
+            "episode": [i["episode"] for i in items], "frame_indices": torch.cat([i["frame_indices"] for i in items])}
+
+
 def augment(frame: torch.Tensor, action: torch.Tensor, cfg: IdmDataConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Colour jitter and the mirror flip, drawn from the global torch RNG (seeded per item)."""
+    """Colour jitter and the mirror flip of an item's frames `[T, 3, H, W]` (one draw for the item),
+    from the global torch RNG (seeded per item)."""
     brightness, contrast, saturation = cfg.color_jitter
     x = (frame + 1) / 2
     if brightness > 0:
@@ -90,5 +102,5 @@ def _factor(amount: float) -> float:
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma `[1, H, W]` of an RGB image in [0, 1] (as torchvision's grayscale)."""
-    return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+    """ITU-R 601 luma `[..., 1, H, W]` of RGB images `[..., 3, H, W]` in [0, 1] (torchvision's grayscale)."""
+    return (0.299 * x[..., 0, :, :] + 0.587 * x[..., 1, :, :] + 0.114 * x[..., 2, :, :]).unsqueeze(-3)

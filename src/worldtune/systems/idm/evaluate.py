@@ -27,11 +27,11 @@ def evaluate(run_dir: str | Path, split: str = "val", batch_size: int = 32, mask
     truth, predicted = [], []
     for start in progress(range(0, len(dataset), batch_size), desc="frames", unit="batch"):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        predicted.append(predict(idm, torch.stack([i["frame"] for i in items]), batch_size))
-        truth.append(torch.stack([i["action"] for i in items]).numpy())
+        predicted.append(predict(idm, torch.cat([i["frames"] for i in items]), batch_size))
+        truth.append(torch.cat([i["actions"] for i in items]).numpy())
     truth_np, pred_np = np.concatenate(truth), np.concatenate(predicted)
     mean = idm.model.train_mean.cpu().numpy()
-    report = {"split": split, "frames": len(dataset), "episodes": len(dataset.episodes),
+    report = {"split": split, "frames": len(truth_np), "episodes": len(dataset.episodes),
               "model": scores(truth_np, pred_np, idm.groups),
               "train_mean": scores(truth_np, np.broadcast_to(mean, truth_np.shape), idm.groups)}
     if masks is not None:
@@ -78,7 +78,13 @@ def write_mask_video(idm, dataset: IdmFrameDataset, path: Path, count: int) -> P
 
     from worldtune.data.video_write import side_by_side, write_video
 
-    frames = torch.stack([dataset[i]["frame"] for i in range(min(count, len(dataset)))])  # [N, 3, H, W]
+    chunks, have = [], 0
+    for i in range(len(dataset)):
+        if have >= count:
+            break
+        chunks.append(dataset[i]["frames"])
+        have += len(chunks[-1])
+    frames = torch.cat(chunks)[:count]  # [N, 3, H, W]
     _, soft = predict(idm, frames, with_mask=True)
     keep = (interpolate(soft, size=frames.shape[-2:], mode="bilinear", align_corners=False) >= 0.5).float()
     red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)

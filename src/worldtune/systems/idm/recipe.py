@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from worldtune.data.errors import DataError
 from worldtune.models.idm import IDM, IDMConfig, preprocess
 from worldtune.systems.idm.config import IdmModelSection, IdmRunConfig
-from worldtune.systems.idm.data import IdmFrameDataset, action_statistics
+from worldtune.systems.idm.data import IdmFrameDataset, action_statistics, collate_frames
 from worldtune.train.recipe import Parts, Recipe
 from worldtune.utils.logging import get_logger
 
@@ -61,7 +61,7 @@ class IdmRecipe(Recipe):
         return build_idm(cfg.model)
 
     def loss(self, parts: Parts, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return idm_losses(parts.model, parts.cfg.model, batch["frame"], batch["action"])
+        return idm_losses(parts.model, parts.cfg.model, batch["frames"], batch["actions"])
 
     def export_weights(self, weights: dict[str, torch.Tensor], cfg: IdmRunConfig) -> dict[str, torch.Tensor]:
         return weights  # upstream's names already: model.mask_model.*, model.resnet_model.*, train_mean, train_std
@@ -83,11 +83,6 @@ def idm_settings(cfg: IdmRunConfig) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def collate_frames(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"frame": torch.stack([i["frame"] for i in items]), "action": torch.stack([i["action"] for i in items]),
-            "episode": [i["episode"] for i in items], "frame_index": torch.tensor([i["frame_index"] for i in items])}
 
 
 def _optional_split(cfg: IdmRunConfig, split: str) -> IdmFrameDataset | None:
