@@ -180,3 +180,16 @@ def test_latent_mask_pools_to_the_vae_grid():
     assert (u[..., 2] > 0.95).all() and (u[..., 3] < 0.05).all()
     with pytest.raises(ValueError, match="9 frames gives 3 latent frames"):
         latent_mask(HalfMask(), video, (2, 4, 6), image_size=32)
+
+
+def test_torchrun_two_ranks_trains_and_exports(data_dir, tmp_path):
+    """FSDP2 over the U-Net's levels on two CPU ranks (gloo); the sharded checkpoint exports."""
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "worldtune.cli", "train", str(TINY), f"data.data_dir={data_dir}", f"output_dir={run}",
+               "train.max_steps=4", "checkpoint.every_steps=4", "validation.every_steps=4"]
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert sorted(step_metric(run)) == [1, 2, 3, 4]
+    assert main(["export", str(run)]) == 0
+    assert torch.load(run / "export" / "idm.pt", weights_only=True)["output_dim"] == 2

@@ -132,9 +132,13 @@ class IDM(nn.Module):
         self._check_frames(images)
         return self.model(images, return_mask=return_mask)
 
-    def forward(self, images: torch.Tensor, return_mask: bool = False) -> MaskedOutput:
-        """Actions in joint units; with `return_mask`, `(actions, soft mask [B, 1, H, W])`."""
+    def forward(self, images: torch.Tensor, return_mask: bool = False, normalized: bool = False) -> MaskedOutput:
+        """Actions in joint units (`normalized`: in normalised units, for the loss); with
+        `return_mask`, `(actions, soft mask [B, 1, H, W])`. Training calls this rather than
+        `forward_normalized`: FSDP gathers the root's parameters in `forward`'s hook only."""
         out = self.forward_normalized(images, return_mask=return_mask)
+        if normalized:
+            return out
         if return_mask:
             actions, mask = out
             return self.denormalize(actions), mask

@@ -32,7 +32,7 @@ def build_idm(m: IdmModelSection) -> IDM:
 
 def idm_losses(model: IDM, m: IdmModelSection, frames: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
     """Eq. 4 and the metrics, for frames `[B, 3, H, W]` in [-1, 1] and actions `[B, D]` in joint units."""
-    prediction, mask = model.forward_normalized(preprocess(frames, m.image_size), return_mask=True)
+    prediction, mask = model(preprocess(frames, m.image_size), return_mask=True, normalized=True)
     huber = F.huber_loss(prediction.float(), model.normalize(actions.float()), delta=m.huber_delta)
     mask_l1 = mask.float().abs().mean()
     errors = (model.denormalize(prediction.float()) - actions.float()).abs().detach()
