@@ -7,12 +7,16 @@ in float32, q/k RMSNorm across all heads, modulation and residual updates in flo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from worldtune.models.wan.rope import apply_rope
+
+# attend(self_attn, h, rope) -> attention output [B, L, dim] (see WanBlock.forward)
+SelfAttend = Callable[["SelfAttention", torch.Tensor, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
 
 
 class RMSNorm(nn.Module):
@@ -79,11 +83,19 @@ class CrossAttention(SelfAttention):
             self.v_img = nn.Linear(dim, dim)
             self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, image_context: torch.Tensor | None = None) -> torch.Tensor:
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text keys and values `[B, Lc, H, D]`: the same for every frame of a prompt, so the
+        causal model computes them once per prompt."""
+        heads = (self.num_heads, -1)
+        return self.norm_k(self.k(context)).unflatten(-1, heads), self.v(context).unflatten(-1, heads)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, image_context: torch.Tensor | None = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`kv`: the context's keys and values from `context_kv` (then `context` is not read)."""
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)
-        k = self.norm_k(self.k(context)).unflatten(-1, heads)
-        out = attention(q, k, self.v(context).unflatten(-1, heads))
+        k, v = self.context_kv(context) if kv is None else kv
+        out = attention(q, k, v)
         if self.with_image:
             k_img = self.norm_k_img(self.k_img(image_context)).unflatten(-1, heads)
             out = out + attention(q, k_img, self.v_img(image_context).unflatten(-1, heads))
@@ -106,13 +118,18 @@ class WanBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor], image_context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, L, C]; e0 [B, 1 or L, 6, C] float32 time modulation; context [B, Lc, C]."""
+                mask: torch.Tensor | None = None, attend: SelfAttend | None = None,
+                context_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x [B, L, C]; e0 [B, 1 or L, 6, C] float32 time modulation; context [B, Lc, C].
+
+        The causal model's hooks: `attend(self_attn, h, rope)` replaces the self-attention (a KV
+        cache supplies the earlier frames' keys), `context_kv` the text keys / values."""
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0.float()).unbind(2)
         compute = self.ffn[0].weight.dtype  # the parameter dtype (bf16 under FSDP mixed precision)
         h = (self.norm1(x).float() * (1 + scale1) + shift1).to(compute)
-        x = x.float() + self.self_attn(h, rope, mask).float() * gate1
-        x = x + self.cross_attn(self.norm3(x).to(compute), context, image_context).float()
+        attended = self.self_attn(h, rope, mask) if attend is None else attend(self.self_attn, h, rope)
+        x = x.float() + attended.float() * gate1
+        x = x + self.cross_attn(self.norm3(x).to(compute), context, image_context, context_kv).float()
         h = (self.norm2(x).float() * (1 + scale2) + shift2).to(compute)
         return x + self.ffn(h).float() * gate2
 

@@ -42,6 +42,24 @@ class Rope3D:
         fw = bw[:width].view(1, 1, width, -1).expand(frames, height, width, -1)
         return torch.cat([ft, fh, fw], dim=-1).reshape(frames * height * width, -1)
 
+    def frame_angles(self, positions: list[int], height: int, width: int) -> torch.Tensor:
+        """Angles for frames at arbitrary time positions (a causal model's cache after eviction keeps
+        its sink frames at their first positions): `[len(positions)*H*W, head_dim/2]`."""
+        parts = [self.angles(1, height, width, frame_offset=p) for p in positions]
+        return torch.cat(parts) if parts else self.angles(0, height, width)
+
+    def cos_sin_frames(self, positions: list[int], height: int, width: int,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`cos_sin` for frames at `positions` (cached like it)."""
+        key = ("frames", tuple(positions), height, width, str(device))
+        if key not in self._cache:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            angles = self.frame_angles(list(positions), height, width)
+            self._cache[key] = (torch.cos(angles).float().unsqueeze(1).to(device),
+                                torch.sin(angles).float().unsqueeze(1).to(device))
+        return self._cache[key]
+
     def cos_sin(self, grid: tuple[int, int, int], device: torch.device,
                 frame_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 (cos, sin), each [L, 1, head_dim/2] for broadcasting over heads."""
