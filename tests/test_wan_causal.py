@@ -167,3 +167,14 @@ def test_cache_buffer_is_fixed_and_bad_writes_are_refused():
         KVCache(2, 1, 6, 2, 12, capacity_frames=2, sink_size=2)
     with pytest.raises(ValueError, match="do not fit"):
         KVCache(2, 1, 6, 2, 12, capacity_frames=3, sink_size=1).place([0, 1, 2, 3])
+
+
+def test_make_causal_keeps_the_weights():
+    from worldtune.models.wan.causal import make_causal
+
+    base, causal = models("tiny")
+    x, t, context = inputs(base)
+    converted = make_causal(base, num_frame_per_block=1)
+    assert isinstance(converted, CausalWanModel)
+    with torch.no_grad():
+        assert torch.equal(converted(x, t, context), causal(x, t, context))

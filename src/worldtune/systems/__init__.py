@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "lam": "worldtune.systems.lam",
     "ctrl_world": "worldtune.systems.ctrl_world",
     "idm": "worldtune.systems.idm",
+    "vidarc": "worldtune.systems.vidarc",
 }
 
 __all__ = ["Command", "REGISTRY", "System", "all_systems", "get_recipe", "get_system",

@@ -54,6 +54,8 @@ class WanModelConfig:
     pt_dir: str | None = None
     # Named size (wan2.2-ti2v-5b, tiny-ti2v, ...); the base folder's config.json wins when present.
     size: str = "wan2.2-ti2v-5b"
+    # The seed's `model_class`: WanModel (recipe vidar) or WanModelCausal (recipe vidarc).
+    model_class: str = "WanModel"
     # VAE / text encoder: a folder or file, "tiny" (in-process tiny models), or null (from ckpt_dir).
     vae: str | None = None
     text_encoder: str | None = None

@@ -79,7 +79,19 @@ def export_run(run_dir: str | Path, recipe: Recipe | None = None, *, checkpoint:
     written = write_weights(weights, out, stem, metadata={"step": str(trainer_state["progress"]["step"])},
                             pt_payload=payload)
     extra = recipe.export_files(cfg) if custom else {}
-    return written + [write_text_atomic(out / file_name, text) for file_name, text in extra.items()]
+    written += [write_text_atomic(out / file_name, text) for file_name, text in extra.items()]
+    save_path = getattr(getattr(cfg, "output", None), "save_path", None)
+    if save_path:  # the seeds' output.save_path (checkpoints/vidar/vidar.pt): a copy of the .pt there
+        written.append(copy_atomic(out / f"{stem}.pt", Path(save_path)))
+    return written
+
+
+def copy_atomic(source: Path, dest: Path) -> Path:
+    import shutil
+
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(source, tmp)
+    return dest
 
 
 def _config_of(path: Path, recipe):

@@ -89,14 +89,23 @@ class CausalWanModel(WanModel):
 
     # ------------------------------------------------------------------ whole sequence
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | list[torch.Tensor], *,
-                y: torch.Tensor | None = None, frame_positions: list[int] | None = None,
-                window: tuple[int, int] | None = None, extra_hints: dict[int, torch.Tensor] | None = None, hint_scale: float = 1.0,
-                return_hidden_states: bool = False, **unused) -> torch.Tensor | WanOutput:
-        """The block-causal forward over all frames of `x` (at `frame_positions`, default 0..F-1);
-        `window = (kv_cache_length, sink_size)` limits each block to what a rolling cache keeps."""
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | list[torch.Tensor] | None = None,
+                *, y: torch.Tensor | None = None, frame_positions: list[int] | None = None,
+                window: tuple[int, int] | None = None, cache: KVCache | None = None, start_frame: int = 0,
+                text_kv: TextKV | None = None, clean: torch.Tensor | None = None, t_clean: torch.Tensor | None = None,
+                y_clean: torch.Tensor | None = None, extra_hints: dict[int, torch.Tensor] | None = None,
+                hint_scale: float = 1.0, return_hidden_states: bool = False, **unused) -> torch.Tensor | WanOutput:
+        """One entry for the three modes, so that FSDP's hook on `forward` gathers the root's
+        parameters whichever runs: with `cache`, the cached forward (`forward_cached`); with `clean`,
+        teacher forcing (`forward_teacher`); else the block-causal forward over all frames of `x`
+        (at `frame_positions`, default 0..F-1; `window = (kv_cache_length, sink_size)` limits each
+        block to what a rolling cache keeps)."""
         if unused.get("clip_fea") is not None or unused.get("frame_offset"):
             raise ValueError("the causal model takes frame_positions (and no CLIP image tokens)")
+        if cache is not None:
+            return self._forward_cached(x, timestep, cache, start_frame, context, text_kv, y)
+        if clean is not None:
+            return self._forward_teacher(clean, x, t_clean, timestep, context, y_clean, y)
         tokens, grid = self.embed_video(x, y)
         f, h, w = grid
         positions = list(range(f)) if frame_positions is None else list(frame_positions)
@@ -115,6 +124,9 @@ class CausalWanModel(WanModel):
                         y_noisy: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: the velocity for `noisy` frames, noisy block i seeing the clean frames of
         blocks before i (at `t_clean`: 0, or a small augmentation noise) and itself."""
+        return self(noisy, t_noisy, context, clean=clean, t_clean=t_clean, y_clean=y_clean, y=y_noisy)
+
+    def _forward_teacher(self, clean, noisy, t_clean, t_noisy, context, y_clean, y_noisy) -> torch.Tensor:
         clean_tokens, grid = self.embed_video(clean, y_clean)
         noisy_tokens, _ = self.embed_video(noisy, y_noisy)
         f, h, w = grid
@@ -157,11 +169,14 @@ class CausalWanModel(WanModel):
                        y: torch.Tensor | None = None) -> torch.Tensor:
         """The velocity for the frames of `x`, which sit at `start_frame`, `start_frame + 1`, ...: they
         attend to the cached frames and to each other (block-causally); their keys / values are
-        written into the cache (appended, or overwriting the same frames from an earlier call)."""
-        if text_kv is None:
-            if context is None:
-                raise ValueError("forward_cached needs context or text_kv")
-            text_kv = self.text_kv(context)
+        written into the cache (appended, or overwriting the same frames from an earlier call).
+        `text_kv` (from `text_kv(context)`) saves recomputing the text keys at every call."""
+        return self(x, timestep, context, cache=cache, start_frame=start_frame, text_kv=text_kv, y=y)
+
+    def _forward_cached(self, x, timestep, cache, start_frame, context, text_kv, y) -> torch.Tensor:
+        if text_kv is None and context is None:
+            raise ValueError("the cached forward needs context or text_kv")
+        text = self.embed_context(context) if text_kv is None else None  # each block projects it
         tokens, grid = self.embed_video(x, y)
         f, h, w = grid
         if h * w != cache.frame_tokens:
@@ -173,7 +188,7 @@ class CausalWanModel(WanModel):
         mask = self.causal_mask(positions, cache.positions[: slot + f], h * w, tokens.device)
         for layer, block in enumerate(self.blocks):
             attend = functools.partial(_cached_attention, cache, layer, slot, mask)
-            tokens = block(tokens, e0, None, rope, attend=attend, context_kv=text_kv[layer])
+            tokens = block(tokens, e0, text, rope, attend=attend, context_kv=None if text_kv is None else text_kv[layer])
         return self.unpatchify(self.head(tokens, e), grid).float()
 
     def prefill(self, x: torch.Tensor, cache: KVCache, start_frame: int = 0, *,
@@ -201,3 +216,17 @@ def _cached_attention(cache: KVCache, layer: int, slot: int, mask: torch.Tensor 
         k_all, v_all = cache.keys(layer, slot + k.shape[1] // cache.frame_tokens)
         k_all, v_all = k_all.to(q.dtype), v_all.to(q.dtype)
     return self_attn.o(attention(q, k_all, v_all, mask).type_as(h))
+
+
+def make_causal(model: WanModel, num_frame_per_block: int = 1, independent_first_frame: bool = False) -> CausalWanModel:
+    """Turn a built `WanModel` into the causal model in place: the same parameters (base weights,
+    `vidar.pt`, LoRA adapters, on any device or still on meta), only the forward changes. This is
+    how a recipe gets the causal model out of the loading code that builds `WanModel`s."""
+    if type(model) is not WanModel:
+        raise TypeError(f"make_causal takes a plain WanModel, got {type(model).__name__}")
+    if num_frame_per_block < 1:
+        raise ValueError(f"num_frame_per_block must be >= 1, got {num_frame_per_block}")
+    model.__class__ = CausalWanModel
+    model.num_frame_per_block = num_frame_per_block
+    model.independent_first_frame = independent_first_frame
+    return model

@@ -35,7 +35,7 @@ def _label(args: argparse.Namespace) -> int:
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="an idm run directory")
     parser.add_argument("--split", default="val", help="train | val | all")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32, help="items (of data.num_frames frames) per forward pass")
     parser.add_argument("--masks", metavar="OUT.mp4", help="write the split's first frames beside what the mask keeps")
     parser.add_argument("--mask_frames", type=int, default=64, help="frames in the --masks video")
     parser.add_argument("--json", help="also write the numbers here (default RUN_DIR/eval/idm_<split>.json)")

@@ -40,6 +40,7 @@ class VidarRecipe(Recipe):
     name = "vidar"
     config_class = VidarConfig
     export_name = "vidar"
+    model_classes: tuple[str, ...] = ("WanModel",)  # the seed's model.model_class values this recipe trains
 
     # ------------------------------------------------------------------ build
 
@@ -56,6 +57,9 @@ class VidarRecipe(Recipe):
         """DiT, VAE and (optionally) T5, without data: what training and generation share.
         `dit_weights` (a path or state dict) go over the configured ones (`generate --weights`)."""
         wan = dit_config(cfg.model)
+        if cfg.model.model_class not in self.model_classes:
+            raise ConfigError(f"model.model_class {cfg.model.model_class!r}: recipe vidar trains WanModel "
+                              "(WanModelCausal is stage 2: recipe vidarc)")
         if wan.model_type != "ti2v":
             raise ConfigError(f"model.size: Vidar fine-tunes a TI2V model, got model_type {wan.model_type!r}")
         vae = build_vae(cfg.model, wan)
