@@ -99,18 +99,50 @@ def test_kill_resume_export_and_generate(data_dir, vidar_pt, reference, tmp_path
     assert probe_video(closed).num_frames == 13
 
 
-def test_self_forcing_with_the_idm_mask(data_dir, vidar_pt, tmp_path):
-    idm_run = tmp_path / "idm"
+@pytest.fixture(scope="module")
+def idm_pt(data_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("idm") / "run"
     train_run(load_config(REPO / "configs" / "idm" / "tiny.yaml", [
-        f"data.data_dir={data_dir}", f"output_dir={idm_run}", "data.action_dim=14", "model.output_dim=14",
+        f"data.data_dir={data_dir}", f"output_dir={run}", "data.action_dim=14", "model.output_dim=14",
         "train.max_steps=2", "checkpoint.every_steps=2", "validation.every_steps=0"]))
-    assert main(["export", str(idm_run)]) == 0
+    assert main(["export", str(run)]) == 0
+    return run / "export" / "idm.pt"
+
+
+def test_self_forcing_with_the_idm_mask(data_dir, vidar_pt, idm_pt, tmp_path):
     run = tmp_path / "self"
     train_run(load_config(TINY, stage2(data_dir, vidar_pt, run, "self_forcing.mode=self", "train.max_steps=3",
-                                       "loss.embodiment_aware=true", f"loss.idm_path={idm_run / 'export' / 'idm.pt'}",
+                                       "loss.embodiment_aware=true", f"loss.idm_path={idm_pt}",
                                        "validation.every_steps=0")))
     losses = step_metric(run, "train/mse_loss")
     assert sorted(losses) == [1, 2, 3] and all(np.isfinite(v) and v > 0 for v in losses.values())
+
+
+TINY_SIZES = ["model.ckpt_dir=null", "model.size=tiny-ti2v", "model.vae=tiny", "model.text_encoder=tiny",
+              "model.encoder_dtype=fp32", "data.num_frames=9", "data.height=64", "data.width=64",
+              "train.batch_size=2", "train.max_steps=1", "dist.mixed_precision=fp32", "validation.every_steps=0"]
+
+
+def test_the_seeds_own_yaml_files_load_and_train(data_dir, vidar_pt, idm_pt, tmp_path):
+    """configs/vidar/seed/: the seed's two files as written (no recipe, its keys); only paths and the
+    sizes of a CPU test are given on the command line."""
+    seed = REPO / "configs" / "vidar" / "seed"
+    stage1 = load_config(seed / "vidar_finetune.yaml", [f"data.data_dir={data_dir}", f"output_dir={tmp_path / 's1'}",
+                                                        *TINY_SIZES])
+    assert (stage1.recipe, stage1.train.max_steps, stage1.train.learning_rate) == ("vidar", 1, 2e-5)
+    assert stage1.train.freeze == ["t5", "vae"] and stage1.output.save_path == "checkpoints/vidar/vidar.pt"
+    train_run(stage1)
+    stage2_cfg = load_config(seed / "vidarc_causal.yaml", [
+        f"data.data_dir={data_dir}", f"output_dir={tmp_path / 's2'}", f"model.pt_dir={vidar_pt}",
+        f"loss.idm_path={idm_pt}", "self_forcing.chunk_size=3", *TINY_SIZES])
+    assert stage2_cfg.recipe == "vidarc" and stage2_cfg.loss.embodiment_aware and stage2_cfg.loss.eta == 3.0
+    assert stage2_cfg.self_forcing.kv_cache_length == 64
+    train_run(stage2_cfg)
+    assert sorted(step_metric(tmp_path / "s2")) == [1]
+    assert load_config(seed / "vidarc_causal.yaml", [f"data.data_dir={data_dir}", f"loss.idm_path={idm_pt}"]
+                       ).output_dir == "runs/vidarc"
+    with pytest.raises(ConfigError, match="embodiment_aware needs loss.idm_path"):
+        load_config(seed / "vidarc_causal.yaml", [f"data.data_dir={data_dir}"])
 
 
 def test_bad_settings_are_named(data_dir, vidar_pt, tmp_path):

@@ -84,6 +84,9 @@ class TrainConfig:
     num_workers: int = 0
     # Used when training_stages is empty; "auto" is the recipe's default (e.g. "lora" when LoRA is on).
     trainable_models: str = "auto"
+    # The seeds' `freeze` list (e.g. [t5, vae]): modules that must not train. Recipes check it
+    # against what they keep frozen; what trains is `trainable_models`.
+    freeze: list[str] = field(default_factory=list)
     training_stages: dict[str, StageConfig] = field(default_factory=dict)
     # Non-finite loss or gradients: the step is skipped; this many in a row stop the run.
     max_consecutive_nonfinite: int = 10
@@ -291,14 +294,23 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
-                schema_of: Callable[[str], type[RunConfig]]) -> RunConfig:
+                schema_of: Callable[[str], type[RunConfig]],
+                infer_recipe: Callable[[DictConfig], str | None] | None = None) -> RunConfig:
     """Load, merge and validate a run config; `schema_of(recipe name)` gives the config dataclass.
 
+    A file without `recipe:` (the seeds' own YAML files name none) gets the one `infer_recipe`
+    reads from its keys, and `runs/<recipe>` as `output_dir` when it names none.
     `worldtune.systems.load_config` passes the registry's lookup; this module knows no recipes.
     """
     tree = read_yaml(path) if path is not None else OmegaConf.create({})
     tree = OmegaConf.merge(tree, parse_overrides(overrides or []))
     recipe_name = tree.get("recipe")
+    if recipe_name is None and infer_recipe is not None:
+        recipe_name = infer_recipe(tree)
+        if recipe_name is not None:
+            tree.recipe = recipe_name
+            if tree.get("output_dir") is None:
+                tree.output_dir = f"runs/{recipe_name}"
     if recipe_name is None:
         raise ConfigError(f"{path}: recipe: missing (e.g. `recipe: lam`)")
     return build_config(schema_of(str(recipe_name)), tree, source=str(path))

@@ -61,7 +61,18 @@ def get_recipe(name: str):
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load, merge and validate a run config against its recipe's schema (`recipe:` picks it)."""
-    return _load_config(path, overrides, schema_of=lambda name: get_recipe(name).config_class)
+    return _load_config(path, overrides, schema_of=lambda name: get_recipe(name).config_class,
+                        infer_recipe=seed_recipe)
+
+
+# The seeds' YAML files name no recipe; their `model.model_class` says which stage they are.
+SEED_MODEL_CLASSES = {"WanModel": "vidar", "WanModelCausal": "vidarc"}
+
+
+def seed_recipe(tree) -> str | None:
+    """The recipe of a seed's own YAML file, from its `model.model_class` (None: not one)."""
+    model = tree.get("model") or {}
+    return SEED_MODEL_CLASSES.get(str(model.get("model_class"))) if hasattr(model, "get") else None
 
 
 def load_run(run_dir: str | Path, **kwargs):

@@ -57,6 +57,10 @@ class VidarRecipe(Recipe):
         """DiT, VAE and (optionally) T5, without data: what training and generation share.
         `dit_weights` (a path or state dict) go over the configured ones (`generate --weights`)."""
         wan = dit_config(cfg.model)
+        unfreezable = sorted(set(cfg.train.freeze) - {"t5", "text_encoder", "vae"})
+        if unfreezable:
+            raise ConfigError(f"train.freeze: {unfreezable} are not frozen modules of recipe {self.name} (t5, vae); "
+                              "choose what trains with train.trainable_models")
         if cfg.model.model_class not in self.model_classes:
             raise ConfigError(f"model.model_class {cfg.model.model_class!r}: recipe vidar trains WanModel "
                               "(WanModelCausal is stage 2: recipe vidarc)")
