@@ -162,3 +162,17 @@ def _write_png(path: Path) -> None:
     from PIL import Image
 
     Image.fromarray(np.full((64, 64, 3), 120, dtype=np.uint8)).save(path)
+
+
+def test_controller_streams_pixels_and_takes_observations(data_dir, vidar_pt):
+    from worldtune.systems.vidarc.controller import VidarcController
+
+    cfg = load_config(TINY, [f"data.data_dir={data_dir}", f"model.pt_dir={vidar_pt}", "output_dir=unused"])
+    controller = VidarcController.from_config(cfg, prompt="pick up the cube", first_frame=torch.zeros(3, 64, 64),
+                                              device="cpu")
+    frames = controller.step()
+    assert frames.shape == (3, 4, 64, 64)
+    following = controller.step(observed_frames=torch.rand(3, 4, 64, 64) * 2 - 1)
+    assert following.shape == (3, 4, 64, 64) and len(controller.session.latencies) == 2
+    with pytest.raises(ValueError, match="observed frames \\(3, 4, 32, 32\\) do not match"):
+        controller.step(observed_frames=torch.zeros(3, 4, 32, 32))
