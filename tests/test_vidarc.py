@@ -97,6 +97,12 @@ def test_kill_resume_export_and_generate(data_dir, vidar_pt, reference, tmp_path
     observed = data_dir / "episodes" / "ep_0000" / "video.mp4"
     assert main([*generate, "--out", str(closed), "--observe", str(observed)]) == 0
     assert probe_video(closed).num_frames == 13
+    from worldtune.data.video_write import write_video
+    from worldtune.systems.vidarc.generate import read_observed
+
+    small = write_video(tmp_path / "small.mp4", np.zeros((13, 32, 32, 3), np.uint8), fps=10)
+    with pytest.raises(ValueError, match="small.mp4: observed frames are 32x32, the model generates 64x64"):
+        read_observed(small, 64, 64, 13)
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +159,10 @@ def test_bad_settings_are_named(data_dir, vidar_pt, tmp_path):
                                  "self_forcing.sink_size=2"))
     with pytest.raises(ConfigError, match="embodiment_aware needs loss.idm_path"):
         load_config(TINY, stage2(data_dir, vidar_pt, tmp_path / "c", "loss.embodiment_aware=true"))
+    other = tmp_path / "other.pt"  # a Wan2.1 T2V DiT's weights given as vidar.pt
+    torch.save(build_wan("tiny").state_dict(), other)
+    with pytest.raises(ValueError, match=r"other.pt: shapes differ from the model[\s\S]*patch_embedding.weight"):
+        train_run(load_config(TINY, stage2(data_dir, other, tmp_path / "e")))
     with pytest.raises(ConfigError, match="WanModelCausal is stage 2: recipe vidarc"):
         train_run(load_config(STAGE1, [f"data.data_dir={data_dir}", "model.model_class=WanModelCausal",
                                        f"output_dir={tmp_path / 'd'}"]))

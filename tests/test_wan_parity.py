@@ -159,6 +159,7 @@ def test_named_sizes_match_diffusers_parameter_counts(name):
 PUBLISHED = {
     "tiny": (0, 1e6),
     "tiny-ti2v": (0, 1e6),
+    "small-ti2v": (1e6, 1e7),
     "wan2.1-t2v-1.3b": (1.40e9, 1.44e9),
     "wan2.1-vace-1.3b": (2.0e9, 2.2e9),
     "wan2.1-t2v-14b": (14.0e9, 14.5e9),

@@ -78,6 +78,9 @@ SIZES: dict[str, WanConfig] = {
     # Wan2.2-TI2V layout (48-channel latents) at toy width, for CPU tests and the tiny recipes.
     "tiny-ti2v": WanConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=24, ffn_dim=32, num_heads=2,
                            num_layers=2, text_dim=32, freq_dim=256, text_len=32),
+    # The same layout a few times wider and deeper: CPU experiments that must learn something.
+    "small-ti2v": WanConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=256, ffn_dim=768, num_heads=4,
+                            num_layers=4, text_dim=32, freq_dim=256, text_len=32),
     "wan2.1-t2v-1.3b": _T2V_1_3B,
     "wan2.1-t2v-14b": _T2V_14B,
     "wan2.1-vace-1.3b": _T2V_1_3B.replace(model_type="vace", vace_layers=tuple(range(0, 30, 2)), vace_in_dim=96),
