@@ -186,3 +186,27 @@ def test_controller_streams_pixels_and_takes_observations(data_dir, vidar_pt):
     assert following.shape == (3, 4, 64, 64) and len(controller.session.latencies) == 2
     with pytest.raises(ValueError, match="observed frames \\(3, 4, 32, 32\\) do not match"):
         controller.step(observed_frames=torch.zeros(3, 4, 32, 32))
+
+
+def test_the_latent_cache_holds_the_idm_mask(data_dir, vidar_pt, idm_pt, tmp_path):
+    """`prepare cache` with embodiment_aware stores U(x) beside the latents: training from the cache
+    gives the losses training from the videos gives; a cache built without masks is refused."""
+    common = [f"loss.idm_path={idm_pt}", "loss.embodiment_aware=true", "train.max_steps=2", "validation.every_steps=0"]
+    cache = tmp_path / "cache"
+    assert main(["prepare", "cache", str(TINY), f"data.data_dir={data_dir}", f"data.cache_dir={cache}",
+                 f"model.pt_dir={vidar_pt}", *common]) == 0
+    runs = {}
+    for name, extra in (("videos", []), ("cache", [f"data.cache_dir={cache}"])):
+        runs[name] = tmp_path / name
+        train_run(load_config(TINY, stage2(data_dir, vidar_pt, runs[name], *common, *extra)))
+    videos, cached = step_metric(runs["videos"]), step_metric(runs["cache"])
+    assert sorted(videos) == sorted(cached) == [1, 2]
+    assert all(abs(videos[s] - cached[s]) <= 1e-4 * abs(videos[s]) for s in videos)
+    plain = tmp_path / "plain"
+    assert main(["prepare", "cache", str(TINY), f"data.data_dir={data_dir}", f"data.cache_dir={plain}",
+                 f"model.pt_dir={vidar_pt}"]) == 0
+    from worldtune.data.errors import StaleCacheError
+
+    with pytest.raises(StaleCacheError, match="idm_mask"):
+        train_run(load_config(TINY, stage2(data_dir, vidar_pt, tmp_path / "stale", *common,
+                                           f"data.cache_dir={plain}")))

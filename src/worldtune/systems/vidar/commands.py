@@ -21,7 +21,7 @@ def _manifest(args: argparse.Namespace) -> int:
 
 
 def _cache_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a vidar config, e.g. configs/vidar/vidar_finetune.yaml")
+    parser.add_argument("config", help="a vidar or vidarc config, e.g. configs/vidar/vidar_finetune.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.cache_dir=data/cache")
 
 
@@ -30,8 +30,8 @@ def _cache(args: argparse.Namespace) -> int:
     from worldtune.systems import load_config
 
     cfg = load_config(args.config, list(args.overrides))
-    if cfg.recipe != "vidar":
-        raise ConfigError(f"prepare cache: recipe {cfg.recipe!r} has no latent cache (vidar has)")
+    if cfg.recipe not in ("vidar", "vidarc"):
+        raise ConfigError(f"prepare cache: recipe {cfg.recipe!r} has no latent cache (vidar and vidarc have)")
     from worldtune.systems.vidar.cache import prepare_cache
 
     stats = prepare_cache(cfg)
@@ -72,7 +72,7 @@ def _generate(args: argparse.Namespace) -> int:
 COMMANDS = (
     Command("prepare", "manifest", "scan DATA_DIR/episodes and write DATA_DIR/manifest.json (Vidar episodes)",
             _manifest_arguments, _manifest),
-    Command("prepare", "cache", "encode every clip's latents and prompt embeddings once (Vidar)",
+    Command("prepare", "cache", "encode every clip's latents and prompt embeddings once (Vidar, Vidarc: also the IDM's mask)",
             _cache_arguments, _cache),
     Command("generate", "vidar", "first frame + instruction -> video (Wan2.2-TI2V)", _generate_arguments, _generate),
 )

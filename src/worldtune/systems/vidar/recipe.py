@@ -197,9 +197,12 @@ def generate_latents(parts: Parts, text: torch.Tensor, first_frame_latent: torch
 
 def cache_settings(cfg: VidarConfig, wan) -> dict[str, Any]:
     """What the cached tensors depend on besides the clip itself (checked when the cache opens)."""
-    return {"vae": cfg.model.vae or cfg.model.ckpt_dir, "text_encoder": cfg.model.text_encoder or cfg.model.ckpt_dir,
-            "encoder_dtype": cfg.model.encoder_dtype, "text_len": wan.text_len,
-            "negative_prompt": cfg.model.sampling.negative_prompt}
+    settings = {"vae": cfg.model.vae or cfg.model.ckpt_dir, "text_encoder": cfg.model.text_encoder or cfg.model.ckpt_dir,
+                "encoder_dtype": cfg.model.encoder_dtype, "text_len": wan.text_len,
+                "negative_prompt": cfg.model.sampling.negative_prompt}
+    if cfg.loss.embodiment_aware:  # Vidarc's Eq. 7: the IDM's mask is cached beside the latents
+        settings["idm_mask"] = str(cfg.loss.idm_path)
+    return settings
 
 
 def open_cache(cfg: VidarConfig):

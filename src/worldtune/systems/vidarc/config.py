@@ -65,5 +65,3 @@ class VidarcConfig(VidarConfig):
             raise ConfigError(f"model.model_class: Vidarc trains WanModelCausal, got {self.model.model_class!r}")
         if self.loss.type != "causal_flow_matching":
             raise ConfigError(f"loss.type: Vidarc trains with causal_flow_matching, got {self.loss.type!r}")
-        if self.loss.embodiment_aware and self.data.cache_dir:
-            raise ConfigError("loss.embodiment_aware reads the IDM's mask from the videos: set data.cache_dir to null")

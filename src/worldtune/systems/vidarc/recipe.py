@@ -111,12 +111,15 @@ class VidarcRecipe(VidarRecipe):
         cfg: VidarcConfig = parts.cfg
         if not cfg.loss.embodiment_aware:
             return None
-        from worldtune.models.idm import latent_mask
+        if "idm_mask" in batch:  # from the latent cache (`worldtune prepare cache`)
+            mask = batch["idm_mask"].to(x1.device)
+        else:
+            from worldtune.models.idm import latent_mask
 
-        vae = parts.frozen["vae"]
-        latents_all = (batch["video"].shape[2] - 1) // vae.temporal_stride + 1
-        mask = latent_mask(parts.frozen["idm"], batch["video"].to(x1.device), (latents_all, *x1.shape[3:]),
-                           vae.temporal_stride, parts.extras["idm_image_size"])
+            vae = parts.frozen["vae"]
+            latents_all = (batch["video"].shape[2] - 1) // vae.temporal_stride + 1
+            mask = latent_mask(parts.frozen["idm"], batch["video"].to(x1.device), (latents_all, *x1.shape[3:]),
+                               vae.temporal_stride, parts.extras["idm_image_size"])
         return 1 + cfg.loss.eta * mask[:, :, start : start + x1.shape[2]].to(x1.dtype)
 
     def teacher_errors(self, parts: Parts, x1: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
