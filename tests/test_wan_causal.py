@@ -178,3 +178,22 @@ def test_make_causal_keeps_the_weights():
     assert isinstance(converted, CausalWanModel)
     with torch.no_grad():
         assert torch.equal(converted(x, t, context), causal(x, t, context))
+
+
+@pytest.mark.filterwarnings("ignore")  # flex attention warns that eager mode (CPU) is unfused
+@pytest.mark.parametrize("size", SIZES)
+def test_flex_attention_block_masks_equal_the_dense_masks(size):
+    """What CUDA runs ("auto": flex attention with block masks) equals the dense-mask SDPA of the CPU."""
+    _, causal = models(size, num_frame_per_block=2)
+    x, t, context = inputs(causal)
+    clean = torch.randn_like(x)
+
+    def every_mask():
+        return [causal(x, t, context), causal(x, t, context, window=(3, 1)),
+                causal.forward_teacher(clean, x, torch.zeros(1), t, context)]
+
+    with torch.no_grad():
+        dense = every_mask()
+        causal.attention_backend = "flex"
+        flex = every_mask()
+    assert all(close(a, b) for a, b in zip(flex, dense, strict=True))

@@ -24,6 +24,7 @@ is visible, so SDPA's fused kernels run in the common case (one new block over a
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 
@@ -33,9 +34,14 @@ from worldtune.models.wan.layers import SelfAttention, attention
 from worldtune.models.wan.sizes import WanConfig
 
 TextKV = list[tuple[torch.Tensor, torch.Tensor]]  # per transformer block: text keys, values [B, Lc, H, D]
+AttentionMask = Any  # a boolean [Lq, Lk] tensor, or a flex-attention BlockMask
 
 
 class CausalWanModel(WanModel):
+    # "auto": flex attention with block masks on CUDA, SDPA with dense boolean masks elsewhere;
+    # "sdpa" or "flex" to force one (flex on CPU runs unfused: for tests).
+    attention_backend: str = "auto"
+
     def __init__(self, config: WanConfig, num_frame_per_block: int = 1, independent_first_frame: bool = False) -> None:
         if num_frame_per_block < 1:
             raise ValueError(f"num_frame_per_block must be >= 1, got {num_frame_per_block}")
@@ -57,8 +63,9 @@ class CausalWanModel(WanModel):
         return ids.repeat_interleave(frame_tokens)
 
     def causal_mask(self, query_positions: list[int], key_positions: list[int], frame_tokens: int,
-                    device: torch.device, window: tuple[int, int] | None = None) -> torch.Tensor | None:
-        """Boolean `[Lq, Lk]`: key block <= query block (None when every key is visible).
+                    device: torch.device, window: tuple[int, int] | None = None) -> AttentionMask | None:
+        """Key block <= query block, as `[Lq, Lk]` booleans or a flex-attention block mask (None when
+        every key is visible).
 
         `window = (kv_cache_length, sink_size)`: also what a rolling cache of that many frames keeps
         when the query's block is written: the first `sink_size` frames and the latest ones, up to
@@ -66,19 +73,49 @@ class CausalWanModel(WanModel):
         q_blocks = {self.block_of(p) for p in query_positions}
         if window is None and max(self.block_of(p) for p in key_positions) <= min(q_blocks):
             return None
-        q = self._blocks(query_positions, frame_tokens, device)
-        k = self._blocks(key_positions, frame_tokens, device)
-        mask = k[None, :] <= q[:, None]
-        if window is not None:
+        q_block = self._blocks(query_positions, frame_tokens, device)
+        k_block = self._blocks(key_positions, frame_tokens, device)
+        if window is None:
+            def rule(q, k):
+                return k_block[k] <= q_block[q]
+        else:
             length, sink = window
-            ends = {}  # block -> the frame after its last frame
+            ends: dict[int, int] = {}  # block -> the frame after its last frame
             for p in query_positions:
                 ends[self.block_of(p)] = max(ends.get(self.block_of(p), 0), p + 1)
             q_end = torch.tensor([ends[self.block_of(p)] for p in query_positions], device=device)
-            k_pos = torch.tensor(key_positions, device=device)
-            kept = (k_pos[None, :] < sink) | (k_pos[None, :] >= q_end[:, None] - (length - sink))
-            mask &= kept.repeat_interleave(frame_tokens, 0).repeat_interleave(frame_tokens, 1)
-        return mask
+            q_end = q_end.repeat_interleave(frame_tokens)
+            k_pos = torch.tensor(key_positions, device=device).repeat_interleave(frame_tokens)
+
+            def rule(q, k):
+                kept = (k_pos[k] < sink) | (k_pos[k] >= q_end[q] - (length - sink))
+                return (k_block[k] <= q_block[q]) & kept
+        return self._mask(rule, len(q_block), len(k_block), device)
+
+    def _teacher_mask(self, blocks: torch.Tensor, device: torch.device) -> AttentionMask:
+        """`[clean | noisy]` of `L` tokens each: clean tokens see clean blocks up to their own; a noisy
+        block sees the clean blocks before it and itself."""
+        length = len(blocks)
+
+        def rule(q, k):
+            bq, bk = blocks[q % length], blocks[k % length]
+            clean_q, clean_k = q < length, k < length
+            noisy_rule = torch.where(clean_k, bk < bq, bk == bq)
+            return torch.where(clean_q, clean_k & (bk <= bq), noisy_rule)
+        return self._mask(rule, 2 * length, 2 * length, device)
+
+    def _mask(self, rule, q_len: int, k_len: int, device: torch.device) -> AttentionMask:
+        """The mask `rule(query index, key index)` describes: a dense boolean tensor for SDPA, or with
+        `attention_backend` "flex" (the default on CUDA: "auto") a block mask for flex attention,
+        which skips the masked tiles and never holds the `[Lq, Lk]` matrix."""
+        backend = self.attention_backend
+        if backend == "flex" or (backend == "auto" and device.type == "cuda"):
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            return create_block_mask(lambda b, h, q, k: rule(q, k), None, None, q_len, k_len, device=device)
+        q = torch.arange(q_len, device=device)[:, None]
+        k = torch.arange(k_len, device=device)[None, :]
+        return rule(q, k)
 
     @staticmethod
     def token_timesteps(timestep: torch.Tensor, frames: int, frame_tokens: int) -> torch.Tensor:
@@ -135,11 +172,8 @@ class CausalWanModel(WanModel):
         e, e0 = self.embed_time(t, 2 * length)
         cos, sin = self.rope.cos_sin_frames(list(range(f)), h, w, clean.device)
         rope = (torch.cat([cos, cos]), torch.cat([sin, sin]))
-        blocks = self._blocks(list(range(f)), h * w, clean.device)
-        earlier_or_same = blocks[None, :] <= blocks[:, None]
-        clean_rows = torch.cat([earlier_or_same, torch.zeros_like(earlier_or_same)], dim=1)
-        noisy_rows = torch.cat([blocks[None, :] < blocks[:, None], blocks[None, :] == blocks[:, None]], dim=1)
-        inputs = BlockInputs(e0, self.embed_context(context), rope, None, torch.cat([clean_rows, noisy_rows]))
+        mask = self._teacher_mask(self._blocks(list(range(f)), h * w, clean.device), clean.device)
+        inputs = BlockInputs(e0, self.embed_context(context), rope, None, mask)
         tokens, _ = self.run_blocks(torch.cat([clean_tokens, noisy_tokens], dim=1), inputs)
         return self.unpatchify(self.head(tokens[:, length:], e[:, length:]), grid).float()
 

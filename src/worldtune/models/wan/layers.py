@@ -6,6 +6,7 @@ in float32, q/k RMSNorm across all heads, modulation and residual updates in flo
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -39,11 +40,25 @@ class FP32LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              mask: torch.Tensor | None = None) -> torch.Tensor:
-    """q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H*D] (scaled dot product, fused kernel)."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
+    """q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H*D] (scaled dot product, fused kernel).
+
+    `mask`: a boolean `[Lq, Lk]` tensor (True: attend), or a flex-attention `BlockMask` (the causal
+    model's on CUDA), which runs flex attention instead."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        out = _flex_attention(q.device)(q, k, v, block_mask=mask)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).flatten(2)
+
+
+@functools.cache
+def _flex_attention(device: torch.device):
+    """flex_attention, compiled where it has fused kernels (CUDA); eager elsewhere (correct, slow)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if device.type == "cuda" else flex_attention
 
 
 class SelfAttention(nn.Module):
