@@ -1,0 +1,113 @@
+"""VACE-E's robot files in the seed's format: hand motion (dual and legacy single-hand), the gripper
+mapping, objects in numeric order, alignment to the clip's frames, the prompt rules, bad files."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from worldtune.data.formats.vace_e_files import (
+    BadRecording,
+    align_to_clip,
+    load_task_metadata,
+    read_hand_motion,
+    read_object_trajectories,
+    task_prompt,
+)
+
+
+def write_hands(path, frames=6, left=True, mapping="open=0, closed=1, inactive=2", rot_dim=6):
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        sides = ("left", "right") if left else ("right",)
+        for side in sides:
+            g = f.create_group(f"{side}_wrist")
+            g["positions"] = rng.normal(size=(frames, 3))
+            g["rotations_6d"] = rng.normal(size=(frames, rot_dim))
+            states = f.create_dataset(f"{side}_hand_states", data=np.array([0, 1, 2, 0, 1, 2][:frames]))
+            if mapping is not None:
+                states.attrs["state_mapping"] = mapping
+        f["timestamps"] = np.arange(frames)  # present in real files, unused
+    return path
+
+
+def test_dual_hand_motion_is_20_values_with_open_as_one(tmp_path):
+    path = write_hands(tmp_path / "hands.hdf5")
+    motion = read_hand_motion(path)
+    assert motion.shape == (6, 20) and motion.dtype == np.float32
+    with h5py.File(path) as f:
+        assert np.allclose(motion[:, :3], f["left_wrist/positions"][:])
+        assert np.allclose(motion[:, 12:18], f["right_wrist/rotations_6d"][:])
+    # open=0 in the file's mapping: open frames give 1, closed (1) and inactive (2) give 0
+    assert motion[:, 18].tolist() == [1, 0, 0, 1, 0, 0] == motion[:, 19].tolist()
+
+
+def test_another_state_mapping_is_followed(tmp_path):
+    motion = read_hand_motion(write_hands(tmp_path / "h.hdf5", mapping="closed=0, open=1"))
+    assert motion[:, 19].tolist() == [0, 1, 0, 0, 1, 0]
+
+
+def test_legacy_single_hand_file_gets_a_zero_left_hand(tmp_path):
+    motion = read_hand_motion(write_hands(tmp_path / "legacy.hdf5", left=False))
+    assert motion.shape == (6, 20)
+    assert not motion[:, :9].any() and not motion[:, 18].any()
+    assert motion[:, 9:18].any()
+
+
+def test_bad_hand_files_are_named(tmp_path):
+    with pytest.raises(BadRecording, match=r"bad_rot.hdf5: right_wrist/rotations_6d must be \[T, 6\]"):
+        read_hand_motion(write_hands(tmp_path / "bad_rot.hdf5", rot_dim=4))
+    empty = tmp_path / "empty.hdf5"
+    with h5py.File(empty, "w") as f:
+        f.create_group("head")
+    with pytest.raises(BadRecording, match="empty.hdf5: no 'right_wrist' group"):
+        read_hand_motion(empty)
+    (tmp_path / "garbage.hdf5").write_bytes(b"not hdf5")
+    with pytest.raises(BadRecording, match="garbage.hdf5: cannot open"):
+        read_hand_motion(tmp_path / "garbage.hdf5")
+
+
+def write_objects(path, counts=(5, 3, 5)):
+    with h5py.File(path, "w") as f:
+        for n, frames in zip((2, 10, 1), counts, strict=True):
+            g = f.create_group(f"object_{n}")
+            g["positions"] = np.full((frames, 3), float(n)) + np.arange(frames)[:, None]
+            g["rotations_6d"] = np.zeros((frames, 6))
+            g.attrs["object_id"] = n + 100
+    return path
+
+
+def test_objects_in_numeric_order_held_at_their_last_pose(tmp_path):
+    poses, ids = read_object_trajectories(write_objects(tmp_path / "objects.hdf5"), max_objects=10)
+    assert poses.shape == (5, 3, 9) and ids.tolist() == [101, 102, 110]  # object_1, object_2, object_10
+    assert poses[:, 2, 0].tolist() == [10, 11, 12, 12, 12]  # object_10 has 3 frames, then held
+    with pytest.raises(BadRecording, match="objects.hdf5: 3 objects, more than max_objects 2"):
+        read_object_trajectories(tmp_path / "objects.hdf5", max_objects=2)
+
+
+def test_trajectories_follow_the_clip_frames(tmp_path):
+    trajectory = np.arange(10)[:, None] * np.ones((1, 20))
+    assert align_to_clip(trajectory, [2, 4, 6], "t.hdf5")[:, 0].tolist() == [2, 4, 6]
+    with pytest.raises(BadRecording, match="t.hdf5: 10 trajectory frames, the clip needs frame 12"):
+        align_to_clip(trajectory, [4, 8, 12], "t.hdf5")
+
+
+def test_prompt_rules_and_metadata(tmp_path):
+    grasp = {"task_type": "grasping", "left_hand": False, "right_hand": True, "objects": "white bottle with black lid."}
+    pour = {"task_type": "pouring", "left_hand": True, "right_hand": True, "objects": "cup, bottle."}
+    assert task_prompt("104-lars-grasping", grasp) == "Right hand grasping white bottle with black lid."
+    assert task_prompt("902-pouring", pour) == "Pouring, left hand cup, right hand bottle"
+    assert task_prompt("t", {**pour, "task_type": "stacking"}) == "Both hands stacking cup, bottle."
+    assert task_prompt("t", {**grasp, "left_hand": True, "right_hand": False}) == \
+        "Left hand grasping white bottle with black lid."
+    assert task_prompt("t", {**grasp, "right_hand": False}) == "Grasping white bottle with black lid."
+    assert task_prompt("105-unknown", None) == "Robot manipulation task: 105-unknown"
+    meta = tmp_path / "ph2d_metadata.json"
+    meta.write_text(json.dumps({"metadata": {}, "per_task_attributes": {"104-lars-grasping": grasp}}))
+    assert load_task_metadata(meta)["104-lars-grasping"]["objects"] == "white bottle with black lid."
+    meta.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(BadRecording, match="ph2d_metadata.json: no 'per_task_attributes'"):
+        load_task_metadata(meta)
