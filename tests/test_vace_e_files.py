@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from worldtune.data.errors import DataError
 from worldtune.data.formats.vace_e_files import (
     BadRecording,
     align_to_clip,
@@ -27,7 +28,7 @@ def write_hands(path, frames=6, left=True, mapping="open=0, closed=1, inactive=2
             g = f.create_group(f"{side}_wrist")
             g["positions"] = rng.normal(size=(frames, 3))
             g["rotations_6d"] = rng.normal(size=(frames, rot_dim))
-            states = f.create_dataset(f"{side}_hand_states", data=np.array([0, 1, 2, 0, 1, 2][:frames]))
+            states = f.create_dataset(f"{side}_hand_states", data=np.resize([0, 1, 2], frames))
             if mapping is not None:
                 states.attrs["state_mapping"] = mapping
         f["timestamps"] = np.arange(frames)  # present in real files, unused
@@ -111,3 +112,77 @@ def test_prompt_rules_and_metadata(tmp_path):
     meta.write_text(json.dumps({"metadata": {}}))
     with pytest.raises(BadRecording, match="ph2d_metadata.json: no 'per_task_attributes'"):
         load_task_metadata(meta)
+
+
+# ------------------------------------------------------------------------------------ episodes
+
+def write_episode(base, task, k, frames=12, hands=True, legacy=False, mask_video=True):
+    from worldtune.data.video_write import write_video
+
+    ep = base / task / f"episode_{k}"
+    ep.mkdir(parents=True)
+    video = np.zeros((frames, 32, 32, 3), np.uint8)
+    video[:, :, :, 0] = np.arange(frames)[:, None, None] * 20
+    write_video(ep / f"episode_{k}.mp4", video, fps=10)
+    write_video(ep / f"episode_{k}_hands_masked.mp4", video // 2, fps=10)
+    if mask_video:
+        mask = np.zeros_like(video)
+        mask[:, :16] = 255
+        write_video(ep / f"episode_{k}_hands_mask.mp4", mask, fps=10)
+    if hands:
+        write_hands(ep / f"episode_{k}_hand_trajectories.hdf5", frames=frames, left=not legacy)
+        write_objects(ep / f"episode_{k}_object_trajectories.hdf5", counts=(frames, frames, frames - 2))
+    return ep
+
+
+def dataset_config(base, **kw):
+    from worldtune.data.formats.vace_e import VaceEDataConfig
+
+    return VaceEDataConfig(dataset_base_path=str(base), num_frames=9, height=32, width=32, **kw)
+
+
+def test_episodes_in_the_seed_layout(tmp_path):
+    from PIL import Image
+
+    from worldtune.data.formats.vace_e import VaceEDataset
+
+    base = tmp_path / "data"
+    ep = write_episode(base, "104-lars-grasping_2024-11-08", 0)
+    Image.new("RGB", (8, 8)).save(ep / "end_effector_gripper.jpg")
+    write_episode(base, "902-pouring-val", 0, legacy=True)
+    write_episode(base, "300-untracked", 1, hands=False)
+    meta = tmp_path / "ph2d_metadata.json"
+    meta.write_text(json.dumps({"per_task_attributes": {
+        "104-lars-grasping_2024-11-08": {"task_type": "grasping", "left_hand": False, "right_hand": True,
+                                         "objects": "white bottle with black lid."},
+        "902-pouring-val": {"task_type": "pouring", "left_hand": True, "right_hand": True, "objects": "cup, bottle."}}}))
+    with pytest.raises(DataError, match="episode_1: missing episode_1_hand_trajectories.hdf5"):
+        VaceEDataset(dataset_config(base, task_metadata_path=str(meta)))
+    dataset = VaceEDataset(dataset_config(base, task_metadata_path=str(meta), fallback_to_video_only=True))
+    assert len(dataset) == 3 and dataset.video_only == 1
+    grasp, untracked, pour = (dataset[i] for i in range(3))  # task folders in sorted order
+    assert grasp["prompt"] == "Right hand grasping white bottle with black lid."
+    assert pour["prompt"] == "Pouring, left hand cup, right hand bottle"
+    assert untracked["prompt"] == "Robot manipulation task: 300-untracked" and untracked["hand_motion"] is None
+    assert grasp["video"].shape == (3, 9, 32, 32) and grasp["control"].shape == (3, 9, 32, 32)
+    assert grasp["mask"].shape == (1, 9, 32, 32)
+    assert 0 <= grasp["mask"].min() and grasp["mask"].max() <= 1 and grasp["mask"][0, 0, :8].mean() > 0.9
+    assert grasp["hand_motion"].shape == (9, 20) and grasp["objects"].shape == (9, 3, 9)  # the clip's frames
+    assert not pour["hand_motion"][:, :9].any()  # the legacy file's absent left hand
+    assert grasp["embodiment_image"].endswith("end_effector_gripper.jpg") and pour["embodiment_image"] is None
+
+
+def test_a_bad_episode_is_named_or_skipped(tmp_path):
+    from worldtune.data.formats.vace_e import VaceEDataset
+
+    base = tmp_path / "data"
+    write_episode(base, "task", 0)
+    write_episode(base, "task", 1, mask_video=False)
+    with pytest.raises(DataError, match="episode_1_hands_mask.mp4: missing \\(VACE mask video\\)"):
+        VaceEDataset(dataset_config(base))
+    dataset = VaceEDataset(dataset_config(base, on_bad_sample="skip"))
+    assert len(dataset) == 1 and [name for name, _ in dataset.skipped] == ["task/episode_1"]
+    from worldtune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="num_frames 9 is more than max_hand_motion_length"):
+        VaceEDataset(dataset_config(base, max_hand_motion_length=8))
