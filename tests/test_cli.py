@@ -90,3 +90,19 @@ def test_help_builds_without_torch():
     code = "import sys; from worldtune.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_seeds_training_flags_are_overrides():
+    from worldtune.cli import with_seed_flags
+
+    seed_style = ["train", "--config", "configs/vidar/vidarc_causal.yaml", "--output_dir", "outputs/vidarc",
+                  "--learning_rate", "1e-4", "--debug", "--max_steps", "100", "--train.warmup_steps=5"]
+    assert with_seed_flags(seed_style) == [
+        "train", "configs/vidar/vidarc_causal.yaml", "output_dir=outputs/vidarc", "train.learning_rate=1e-4",
+        "log.log_frequency=1", "train.max_steps=100", "train.warmup_steps=5"]
+    lam = ["train", "configs/lam/train.yaml", "--data_dir", "h5", "--test_mode", "--batch_size", "4"]
+    assert with_seed_flags(lam) == ["train", "configs/lam/train.yaml", "data.data_dir=h5", "train.test_mode=true",
+                                    "train.batch_size=4"]
+    plain = ["train", "configs/lam/train.yaml", "train.batch_size=4"]
+    assert with_seed_flags(plain) == plain
+    assert main(["train", "--config", "configs/lam/train.yaml", "--no_such_flag", "1"]) == 2

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from worldtune.config import ConfigError
+from worldtune.config import ConfigError, seed_flag_overrides
 from worldtune.data.errors import StaleCacheError
 from worldtune.systems import Command, all_systems
 from worldtune.utils.threads import prefer_passive_openmp
@@ -28,12 +28,29 @@ VERB_HELP = {
 def main(argv: Sequence[str] | None = None) -> int:
     prefer_passive_openmp()  # before any command imports torch: idle OpenMP threads sleep, not spin
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = with_seed_flags(argv)
+    except ConfigError as err:
+        print(f"worldtune: config error: {err}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         (getattr(args, "verb_parser", None) or parser).print_help()
         return 2
     return _guarded(lambda: args.handler(args))
+
+
+def with_seed_flags(argv: list[str]) -> list[str]:
+    """`worldtune train` / `inspect` with the seeds' flags (`--config X --output_dir Y --learning_rate
+    1e-4 --debug`) rewritten as the config path and dotted overrides they mean (`config.SEED_FLAGS`)."""
+    if not argv or argv[0] not in ("train", "inspect"):
+        return argv
+    if not any(a.startswith("--") and a != "--help" for a in argv[1:]):
+        return argv
+    config, rest = seed_flag_overrides(argv[1:])
+    paths, dotted = [a for a in rest if "=" not in a], [a for a in rest if "=" in a]
+    return [argv[0], *([config] if config else []), *paths, *dotted]
 
 
 def _guarded(run) -> int:
@@ -99,8 +116,9 @@ def _add_train(verbs, systems) -> None:
         description="Train the recipe a config names (`recipe: NAME`); under torchrun, on every rank.",
         epilog=f"recipes (recipe: NAME in the config):\n{listing}\n  or recipe: package.module:ATTRIBUTE",
     )
-    train.add_argument("config", help="YAML config, e.g. configs/<system>/<name>.yaml")
-    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.learning_rate=1e-4")
+    train.add_argument("config", help="YAML config, e.g. configs/<system>/<name>.yaml (or --config PATH)")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.learning_rate=1e-4; the seeds' "
+                       "flags work too: --learning_rate 1e-4 --output_dir DIR --debug (config.SEED_FLAGS)")
     train.set_defaults(handler=_train)
 
 

@@ -13,7 +13,7 @@ reported with its full dotted name before any model is built.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,66 @@ KEY_ALIASES: dict[str, str] = {
     "train.train_batch_size": "train.batch_size",
     "checkpoint.checkpointing_steps": "checkpoint.every_steps",
 }
+
+
+# The seeds' training-script flags (`train.py --config X --learning_rate 1e-4 --output_dir Y`), as
+# the config keys they set; `worldtune train` and `inspect` accept them beside dotted overrides.
+SEED_FLAGS: dict[str, str] = {
+    "output_dir": "output_dir",
+    "output_path": "output_dir",
+    "seed": "seed",
+    "learning_rate": "train.learning_rate",
+    "batch_size": "train.batch_size",
+    "num_epochs": "train.num_epochs",
+    "max_steps": "train.max_steps",
+    "dataset_repeat": "train.dataset_repeat",
+    "test_mode": "train.test_mode",
+    "mixed_precision": "dist.mixed_precision",
+    "ckpt_dir": "model.ckpt_dir",
+    "pt_dir": "model.pt_dir",
+    "data_dir": "data.data_dir",
+    "manifest_path": "data.manifest_path",
+    "dataset_base_path": "data.dataset_base_path",
+    "task_metadata_path": "data.task_metadata_path",
+    "height": "data.height",
+    "width": "data.width",
+    "wandb_project": "log.wandb_project",
+}
+# Flags that take no value, and the override each stands for.
+SEED_SWITCHES: dict[str, str] = {
+    "test_mode": "train.test_mode=true",
+    "debug": "log.log_frequency=1",  # the seeds' debug runs: every step's numbers on the console
+}
+
+
+def seed_flag_overrides(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """`(--config value or None, dotted overrides)` from a command line mixing `key=value` items with
+    the seeds' `--flag value` / `--switch` forms; `--a.b value` is any dotted key."""
+    config, overrides, i = None, [], 0
+    while i < len(args):
+        item = args[i]
+        if not item.startswith("--"):
+            overrides.append(item)
+            i += 1
+            continue
+        name, _, inline = item[2:].partition("=")
+        takes_value = inline != "" or (i + 1 < len(args) and not args[i + 1].startswith("--") and "=" not in args[i + 1])
+        if name in SEED_SWITCHES and not inline and (name not in SEED_FLAGS or not takes_value):
+            overrides.append(SEED_SWITCHES[name])
+            i += 1
+            continue
+        if not takes_value:
+            raise ConfigError(f"--{name}: expected a value (flags: {', '.join(sorted(SEED_FLAGS))})")
+        value = inline or args[i + 1]
+        i += 1 if inline else 2
+        if name == "config":
+            config = value
+        elif name in SEED_FLAGS or "." in name:
+            overrides.append(f"{SEED_FLAGS.get(name, name)}={value}")
+        else:
+            raise ConfigError(f"--{name}: not a flag worldtune knows (flags: {', '.join(sorted(SEED_FLAGS))}, "
+                              f"--config, --debug, or any dotted key such as --train.learning_rate)")
+    return config, overrides
 
 
 class ConfigError(ValueError):
