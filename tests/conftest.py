@@ -78,6 +78,25 @@ def step_metric(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
     return values
 
 
+def train_then_kill(command: list[str], run: Path, step: int, timeout: float = 180) -> None:
+    """Start the training `command` (writing `run`/metrics.jsonl) and SIGKILL it once `step` is logged:
+    the crash a resume test recovers from."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, env=subprocess_env(), stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").exists() and max(step_metric(run) or [0]) >= step:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"step {step} not reached (exit {proc.poll()})")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def write_yaml(path: Path, tree: dict) -> Path:
     import yaml
 

@@ -4,18 +4,15 @@ of a visible marker: train, kill and resume (bitwise), export idm.pt, idm label,
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, step_metric, subprocess_env
+from conftest import REPO, step_metric, subprocess_env, train_then_kill
 from idm_fixtures import write_marker_dataset
 from worldtune.cli import main
 from worldtune.config import ConfigError
@@ -44,25 +41,13 @@ def reference(data_dir, tmp_path_factory) -> Path:
     return run
 
 
-def _wait_for_step(run: Path, step: int, proc: subprocess.Popen) -> None:
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if (run / "metrics.jsonl").exists() and max(step_metric(run) or [0]) >= step:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached (exit {proc.poll()})")
-
-
 def test_kill_and_resume_is_bitwise(data_dir, tmp_path):
     uninterrupted = tmp_path / "uninterrupted"
     train_run(load_config(TINY, [f"data.data_dir={data_dir}", f"output_dir={uninterrupted}", *SHORT]))
     run = tmp_path / "run"
     command = [sys.executable, "-m", "worldtune.cli", "train", str(TINY), f"data.data_dir={data_dir}",
                f"output_dir={run}", *SHORT]
-    proc = subprocess.Popen(command, env=subprocess_env(), stderr=subprocess.DEVNULL)
-    _wait_for_step(run, 10, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    train_then_kill(command, run, 10)
     assert max(step_metric(run)) < 24
     subprocess.run(command, env=subprocess_env(), check=True, capture_output=True)
     assert step_metric(run) == step_metric(uninterrupted)

@@ -210,6 +210,9 @@ def test_load_into_meta_model():
     load_idm_state(target, {"model_state_dict": source.state_dict()})
     assert not any(t.is_meta for t in target.state_dict().values())
     _assert_same_state(source, target)
+    x = frames()
+    with torch.no_grad():  # what was built on meta runs, and as the source does
+        assert torch.equal(source.eval()(x), target.eval()(x))
 
 
 def test_key_mismatch_error_names_file(tmp_path):

@@ -168,6 +168,11 @@ def test_episodes_in_the_seed_layout(tmp_path):
     assert grasp["mask"].shape == (1, 9, 32, 32)
     assert 0 <= grasp["mask"].min() and grasp["mask"].max() <= 1 and grasp["mask"][0, 0, :8].mean() > 0.9
     assert grasp["hand_motion"].shape == (9, 20) and grasp["objects"].shape == (9, 3, 9)  # the clip's frames
+    episode = base / "104-lars-grasping_2024-11-08" / "episode_0"
+    recorded = read_hand_motion(episode / "episode_0_hand_trajectories.hdf5")  # 12 frames
+    assert np.array_equal(grasp["hand_motion"].numpy(), recorded[:9])
+    poses, _ = read_object_trajectories(episode / "episode_0_object_trajectories.hdf5", max_objects=10)
+    assert np.array_equal(grasp["objects"].numpy(), poses[:9])
     assert not pour["hand_motion"][:, :9].any()  # the legacy file's absent left hand
     assert grasp["embodiment_image"].endswith("end_effector_gripper.jpg") and pour["embodiment_image"] is None
 

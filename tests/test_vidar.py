@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, step_metric, subprocess_env
+from conftest import REPO, step_metric, subprocess_env, train_then_kill
 from episode_fixtures import write_dataset, write_episode
 from worldtune.cli import main
 from worldtune.data.video import probe_video, read_frames
@@ -44,23 +41,11 @@ def reference(data_dir, tmp_path_factory) -> Path:
     return run
 
 
-def _wait_for_step(run: Path, step: int, proc: subprocess.Popen) -> None:
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if (run / "metrics.jsonl").exists() and max(step_metric(run) or [0]) >= step:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached (exit {proc.poll()})")
-
-
 def test_kill_resume_export_and_generate(data_dir, reference, tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "worldtune.cli", "train", str(TINY), f"data.data_dir={data_dir}",
                f"output_dir={run}", *SHORT]
-    proc = subprocess.Popen(command, env=subprocess_env(), stderr=subprocess.DEVNULL)
-    _wait_for_step(run, 3, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    train_then_kill(command, run, 3)
     assert max(step_metric(run)) < 6
     subprocess.run(command, env=subprocess_env(), check=True, capture_output=True)
     assert step_metric(run) == step_metric(reference)

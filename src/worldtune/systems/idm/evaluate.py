@@ -19,10 +19,9 @@ def evaluate(run_dir: str | Path, split: str = "val", batch_size: int = 32, mask
              mask_frames: int = 64) -> dict[str, Any]:
     """Per-dimension and per-group MAE (joint units) and R^2 of the IDM and of the mean baseline."""
     idm = open_idm(run_dir)
-    from worldtune.systems.idm.recipe import RECIPE
-    from worldtune.train.run import load_run
-
-    cfg = load_run(run_dir, RECIPE).cfg
+    if idm.run_config is None:
+        raise ValueError(f"{run_dir}: eval idm reads a run directory (its data and splits), not an idm.pt")
+    cfg = idm.run_config
     dataset = IdmFrameDataset(dataclasses.replace(cfg.data, split=split))
     truth, predicted = [], []
     for start in progress(range(0, len(dataset), batch_size), desc="frames", unit="batch"):

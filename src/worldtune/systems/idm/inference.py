@@ -30,6 +30,7 @@ class OpenedIdm:
     frame: dict[str, Any] | None  # height, width, cameras, camera_layout, fps of training; None: unknown
     groups: dict[str, list[int]]
     source: Path
+    run_config: Any = None  # the run's IdmRunConfig when opened from a run directory
 
 
 def open_idm(path: str | Path, device: str | torch.device = "cpu") -> OpenedIdm:
@@ -64,7 +65,8 @@ def _from_run(run_dir: Path, device) -> OpenedIdm:
     d = run.cfg.data
     frame = {"height": d.height, "width": d.width, "cameras": list(d.cameras), "camera_layout": d.camera_layout,
              "fps": float(d.fps)}
-    return OpenedIdm(run.model(device=device), run.cfg.model.image_size, frame, run.cfg.model.groups(), run_dir)
+    return OpenedIdm(run.model(device=device), run.cfg.model.image_size, frame, run.cfg.model.groups(), run_dir,
+                     run.cfg)
 
 
 @torch.no_grad()

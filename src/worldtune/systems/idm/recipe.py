@@ -63,11 +63,9 @@ class IdmRecipe(Recipe):
     def loss(self, parts: Parts, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return idm_losses(parts.model, parts.cfg.model, batch["frames"], batch["actions"])
 
-    def export_weights(self, weights: dict[str, torch.Tensor], cfg: IdmRunConfig) -> dict[str, torch.Tensor]:
-        return weights  # upstream's names already: model.mask_model.*, model.resnet_model.*, train_mean, train_std
-
     def export_payload(self, weights: dict[str, torch.Tensor], cfg: IdmRunConfig) -> dict[str, Any]:
-        """`idm.pt`: upstream's `{"model_state_dict": ...}` (the released file's layout) plus what
+        """`idm.pt`: upstream's `{"model_state_dict": ...}` (the released file's layout; our names are
+        upstream's, so the weights go in unchanged) plus what
         labelling needs without the run; every value loads with `torch.load(weights_only=True)`."""
         return {"model_state_dict": weights, "output_dim": cfg.model.output_dim, **idm_settings(cfg)}
 

@@ -54,31 +54,29 @@ def generate(cfg: VidarConfig, *, prompt: str, image: str | Path, out: str | Pat
     return write_video(out, video.cpu(), fps=cfg.data.fps)
 
 
-def generation_config(args) -> tuple[VidarConfig, Source | None]:
-    """The config and DiT weights `worldtune generate vidar` runs with (see its --help)."""
-    from worldtune.config import build_config, load_config, parse_overrides
+def generation_config(args, recipe=RECIPE) -> tuple[VidarConfig, Source | None]:
+    """The config and DiT weights `worldtune generate <recipe>` runs with (see its --help): a run's
+    config and newest weights, a config file, or the recipe's defaults; then `--weights`."""
+    from worldtune.config import ConfigError, build_config, load_config, parse_overrides
     from worldtune.train.run import load_run
 
     overrides = _flag_overrides(args) + list(args.set)
     weights: Source | None = None
     if args.run:
-        run = load_run(args.run, RECIPE, overrides=overrides)
+        run = load_run(args.run, recipe, overrides=overrides)
         cfg, weights = run.cfg, run.weights()
     elif args.config:
-        cfg = load_config(args.config, overrides, schema_of=_vidar_schema)
+        def schema(name: str):
+            if name != recipe.name:
+                raise ConfigError(f"generate {recipe.name}: the config's recipe is {name!r}, not {recipe.name}")
+            return recipe.config_class
+
+        cfg = load_config(args.config, overrides, schema_of=schema)
     else:
-        cfg = build_config(VidarConfig, parse_overrides(["recipe=vidar", "output_dir=.", *overrides]))
+        cfg = build_config(recipe.config_class, parse_overrides([f"recipe={recipe.name}", "output_dir=.", *overrides]))
     if args.weights:
         weights = args.weights  # read (and reported) as the DiT is built
     return cfg, weights
-
-
-def _vidar_schema(recipe: str) -> type[VidarConfig]:
-    from worldtune.config import ConfigError
-
-    if recipe != "vidar":
-        raise ConfigError(f"generate vidar: the config's recipe is {recipe!r}, not vidar")
-    return VidarConfig
 
 
 def _flag_overrides(args) -> list[str]:

@@ -80,25 +80,7 @@ def read_observed(source: str | Path, height: int, width: int, num_frames: int) 
 
 
 def generation_config(args) -> tuple[VidarcConfig, Source | None]:
-    """The config and DiT weights `worldtune generate vidarc` runs with (see its --help)."""
-    from worldtune.config import ConfigError, build_config, load_config, parse_overrides
-    from worldtune.systems.vidar.generate import _flag_overrides
-    from worldtune.train.run import load_run
+    """The config and DiT weights `worldtune generate vidarc` runs with (as `generate vidar`'s)."""
+    from worldtune.systems.vidar.generate import generation_config as vidar_generation_config
 
-    overrides = _flag_overrides(args) + list(args.set)
-    weights: Source | None = None
-    if args.run:
-        run = load_run(args.run, RECIPE, overrides=overrides)
-        cfg, weights = run.cfg, run.weights()
-    elif args.config:
-        def schema(recipe: str):
-            if recipe != "vidarc":
-                raise ConfigError(f"generate vidarc: the config's recipe is {recipe!r}, not vidarc")
-            return VidarcConfig
-
-        cfg = load_config(args.config, overrides, schema_of=schema)
-    else:
-        cfg = build_config(VidarcConfig, parse_overrides(["recipe=vidarc", "output_dir=.", *overrides]))
-    if args.weights:
-        weights = args.weights
-    return cfg, weights
+    return vidar_generation_config(args, RECIPE)

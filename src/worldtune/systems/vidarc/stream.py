@@ -66,7 +66,7 @@ class CausalSession:
             self.observe(observed)
         started = time.perf_counter()
         start = self.next_frame
-        n = self.block_frames if start > 0 or not self.model.independent_first_frame else 1
+        n = self.block_frames  # frame 0, a block of its own, was prefilled
         b, c, _, h, w = self.shape
         noise = torch.randn((b, c, n, h, w), generator=self.generator,
                             device=self.generator.device if self.generator else self.blocks[0].device)
