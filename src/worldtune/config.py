@@ -34,6 +34,22 @@ KEY_ALIASES: dict[str, str] = {
     "train.gradient_accumulation_steps": "train.gradient_accumulation",
     "train.train_batch_size": "train.batch_size",
     "checkpoint.checkpointing_steps": "checkpoint.every_steps",
+    "validation.frequency": "validation.every_epochs",
+    "validation.num_samples": "validation.video_num",
+    # Seed 1 (VACE-E) writes its settings at the top level of the file.
+    "training_stages": "train.training_stages",
+    "use_gradient_checkpointing": "dist.activation_checkpointing",
+    "use_gradient_checkpointing_offload": "dist.activation_offload",
+    "enable_vace_e": "model.enable_vace_e",
+    "vace_e_layers": "model.vace_e_layers",
+    "vace_e_task_processing": "model.vace_e_task_processing",
+    "dataset_base_path": "data.dataset_base_path",
+    "robot_data_path": "data.robot_data_path",
+    "task_metadata_path": "data.task_metadata_path",
+    "max_hand_motion_length": "data.max_hand_motion_length",
+    "max_object_trajectory_length": "data.max_object_trajectory_length",
+    "max_objects": "data.max_objects",
+    "fallback_to_video_only": "data.fallback_to_video_only",
 }
 
 
@@ -59,12 +75,27 @@ SEED_FLAGS: dict[str, str] = {
     "height": "data.height",
     "width": "data.width",
     "wandb_project": "log.wandb_project",
+    "vace_e_layers": "model.vace_e_layers",
+    "robot_data_path": "data.robot_data_path",
+    "max_hand_motion_length": "data.max_hand_motion_length",
+    "max_object_trajectory_length": "data.max_object_trajectory_length",
+    "max_objects": "data.max_objects",
+    "fallback_to_video_only": "data.fallback_to_video_only",
+    "use_gradient_checkpointing": "dist.activation_checkpointing",
+    "use_gradient_checkpointing_offload": "dist.activation_offload",
+    "vram_optimization": "vram_optimization.enabled",
+    "cpu_offload": "vram_optimization.cpu_offload",
+    "offload_optimizer": "vram_optimization.offload_optimizer",
+    "compile_model": "dist.compile_blocks",
 }
 # Flags that take no value, and the override each stands for.
 SEED_SWITCHES: dict[str, str] = {
     "test_mode": "train.test_mode=true",
     "debug": "log.log_frequency=1",  # the seeds' debug runs: every step's numbers on the console
+    "verbose_logging": "log.log_frequency=1",
+    "save_intermediate_outputs": "validation.save_videos=true",
 }
+_BOOLEANS = {"true": True, "false": False}
 
 
 def seed_flag_overrides(args: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -79,7 +110,16 @@ def seed_flag_overrides(args: Sequence[str]) -> tuple[str | None, list[str]]:
             continue
         name, _, inline = item[2:].partition("=")
         takes_value = inline != "" or (i + 1 < len(args) and not args[i + 1].startswith("--") and "=" not in args[i + 1])
-        if name in SEED_SWITCHES and not inline and (name not in SEED_FLAGS or not takes_value):
+        if name in SEED_SWITCHES and name not in SEED_FLAGS:
+            # `--debug`, or `--debug True` / `--debug=False` as seed 1 writes it
+            value = inline or (args[i + 1] if takes_value else "")
+            if value and value.lower() not in _BOOLEANS:
+                raise ConfigError(f"--{name}: a switch takes no value or True / False, got {value!r}")
+            if _BOOLEANS.get(value.lower(), True):
+                overrides.append(SEED_SWITCHES[name])
+            i += 1 if inline or not value else 2
+            continue
+        if name in SEED_SWITCHES and not inline and not takes_value:
             overrides.append(SEED_SWITCHES[name])
             i += 1
             continue
@@ -216,6 +256,12 @@ class ValidationConfig:
     # Validation-loss batches per validation (0 disables the loss pass).
     max_batches: int = 8
     fps: int = 10
+    # Seed 1's switches: false turns validation off; save_videos false keeps only the numbers.
+    enabled: bool = True
+    save_videos: bool = True
+    # Which of the recipe's sample metrics to compute and log (empty: all it has), e.g. seed 1's
+    # video_quality, motion_accuracy, task_alignment.
+    metrics: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -230,6 +276,8 @@ class LogConfig:
     wandb_mode: str = "online"
     experiment_name: str | None = None
     progress_bar: bool = True
+    # Upload each exported artefact and the final checkpoint to W&B as a model artifact.
+    save_model_artifacts: bool = False
 
     def check(self) -> None:
         _check_positive("log.log_frequency", self.log_frequency)
@@ -245,6 +293,9 @@ class DistConfig:
     # Gradient reduction dtype under FSDP.
     reduce_dtype: str = "fp32"
     activation_checkpointing: bool = False
+    # Keep the activations autograd saves in CPU memory (pinned) until backward: seed 1's
+    # use_gradient_checkpointing_offload. Trades host transfers for device memory.
+    activation_offload: bool = False
     compile_blocks: bool = False
     cpu_offload: bool = False
     reshard_after_forward: bool = True

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from av.container import InputContainer
 from av.video.stream import VideoStream
 
-from worldtune.data.errors import MessageDataError
+from worldtune.data.errors import DataError, MessageDataError
 
 PathLike = str | os.PathLike[str]
 
@@ -395,3 +395,27 @@ def load_clip(
             f"{path}: size {video.shape[-2]}x{video.shape[-1]} is not a multiple of stride {stride}"
         )
     return video
+
+
+def check_image(path: str | Path) -> None:
+    """Raise `DataError` naming `path` unless it is a readable image (header and data checked)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (FileNotFoundError, UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(Path(path), f"unreadable image ({err})") from err
+
+
+def load_image(path: str | Path, height: int, width: int) -> torch.Tensor:
+    """An image file as float [3, 1, height, width] in [-1, 1], resized to cover and centre-cropped."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.array(image.convert("RGB"))
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
+        raise DataError(Path(path), f"unreadable image ({err})") from err
+    frame = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    return resize_center_crop(frame, height, width).clamp(-1, 1).permute(1, 0, 2, 3).contiguous()

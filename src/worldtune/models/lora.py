@@ -51,6 +51,8 @@ class LoraSettings:
     dropout: float = 0.0
     # Module-name suffixes (peft matching: a name equal to one, or ending in "." + one).
     target_modules: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "ffn.0", "ffn.2"])
+    # A regex of module names (full match) that get no adapter, e.g. VACE-E's branch and VACE blocks.
+    exclude_modules: str | None = None
     # "default": Kaiming A, zero B, so the model is unchanged at start; "random": nonzero B (tests);
     # any other peft `init_lora_weights` string ("gaussian", "pissa", ...) is passed through.
     init: str = "default"
@@ -74,7 +76,8 @@ def add_lora(model: nn.Module, settings: LoraSettings | None = None) -> nn.Modul
     if s.adapter_name in getattr(model, "peft_config", {}):
         raise ValueError(f"model already has a LoRA adapter named {s.adapter_name!r}")
     config = LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout,
-                        target_modules=list(s.target_modules), init_lora_weights=_INITS.get(s.init, s.init))
+                        target_modules=list(s.target_modules), exclude_modules=s.exclude_modules,
+                        init_lora_weights=_INITS.get(s.init, s.init))
     try:
         return inject_adapter_in_model(config, model, adapter_name=s.adapter_name)
     except ValueError as err:

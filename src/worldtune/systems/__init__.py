@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "ctrl_world": "worldtune.systems.ctrl_world",
     "idm": "worldtune.systems.idm",
     "vidarc": "worldtune.systems.vidarc",
+    "vace_e": "worldtune.systems.vace_e",
 }
 
 __all__ = ["Command", "REGISTRY", "System", "all_systems", "get_recipe", "get_system",
@@ -70,9 +71,14 @@ SEED_MODEL_CLASSES = {"WanModel": "vidar", "WanModelCausal": "vidarc"}
 
 
 def seed_recipe(tree) -> str | None:
-    """The recipe of a seed's own YAML file, from its `model.model_class` (None: not one)."""
+    """The recipe of a seed's own YAML file (None: not one): seed 2's from its `model.model_class`,
+    seed 1's (VACE-E) from its `enable_vace_e` / `vace_e_layers` keys."""
     model = tree.get("model") or {}
-    return SEED_MODEL_CLASSES.get(str(model.get("model_class"))) if hasattr(model, "get") else None
+    if not hasattr(model, "get"):
+        return None
+    if model.get("enable_vace_e") is not None or model.get("vace_e_layers") is not None:
+        return "vace_e"
+    return SEED_MODEL_CLASSES.get(str(model.get("model_class")))
 
 
 def load_run(run_dir: str | Path, **kwargs):

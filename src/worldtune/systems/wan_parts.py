@@ -20,7 +20,7 @@ from worldtune.diffusion.flow_matching import TimestepSampler
 from worldtune.models.lora import LoraSettings, add_lora
 from worldtune.models.wan.checkpoints import load_into
 from worldtune.models.wan.dit import name_seed
-from worldtune.models.wan.factory import build_wan, load_wan
+from worldtune.models.wan.factory import MakeModel, build_wan, load_wan
 from worldtune.models.wan.sizes import WanConfig, wan_config
 from worldtune.train.distributed import DTYPES, DistEnv, shard_device
 from worldtune.utils.logging import get_logger
@@ -70,25 +70,27 @@ class WanModelConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
-def build_dit(cfg: WanModelConfig, device: str | None = None, weights: Source | None = None) -> nn.Module:
+def build_dit(cfg: WanModelConfig, device: str | None = None, weights: Source | None = None,
+              make: MakeModel | None = None) -> nn.Module:
     """The DiT: base weights from ckpt_dir (or a random `size`), then pt_dir, then LoRA, then
     `weights` (a path or state dict: `generate --weights`, a run's weights, adapters included).
 
-    `device="meta"` builds it on meta and loads nothing (`worldtune inspect`). Under torchrun (a
+    `make` builds a recipe's DiT subclass for the config (VACE-E); `device="meta"` builds it on meta
+    and loads nothing (`worldtune inspect`). Under torchrun (a
     process group of several ranks) it is built on meta too, and `dit_loader` fills it once the
     trainer has sharded it, each rank reading only its own shards.
     """
     if device == "meta" or (device is None and _sharded_run() and _lora_init_on_meta(cfg)):
-        return _meta_dit(cfg)
+        return _meta_dit(cfg, make)
     if cfg.ckpt_dir:
-        model, report = load_wan(cfg.ckpt_dir, config=_config_or_none(cfg), strict=False)
-        _require_full(report, cfg.ckpt_dir)
+        model, report = load_wan(cfg.ckpt_dir, config=_config_or_none(cfg), strict=False, make=make)
+        _require_full(report, cfg.ckpt_dir, model=model)
         log.info("model.ckpt_dir %s", report.summary())
     elif cfg.pt_dir is not None or weights is not None:  # weights for the whole DiT, probably
-        model = build_wan(wan_config(cfg.size), device="meta")  # what they lack is initialised
+        model = build_wan(wan_config(cfg.size), device="meta", make=make)  # what they lack is initialised
     else:
         log.warning("model.ckpt_dir is not set: the DiT (%s) starts from random weights", cfg.size)
-        model = build_wan(wan_config(cfg.size), device=device)
+        model = build_wan(wan_config(cfg.size), device=device, make=make)
     if cfg.pt_dir is not None:  # before LoRA, whose initialisation may read the base weights (pissa)
         _load_delta(model, cfg.pt_dir, cfg, fill_missing=_on_meta(model))
     if cfg.lora_rank > 0:
@@ -144,8 +146,8 @@ def _lora_init_on_meta(cfg: WanModelConfig) -> bool:
     return False
 
 
-def _meta_dit(cfg: WanModelConfig) -> nn.Module:
-    model = build_wan(dit_config(cfg), device="meta")
+def _meta_dit(cfg: WanModelConfig, make: MakeModel | None = None) -> nn.Module:
+    model = build_wan(dit_config(cfg), device="meta", make=make)
     if cfg.lora_rank > 0:
         add_lora(model, lora_settings(cfg))
     return model
@@ -178,7 +180,7 @@ def load_sharded_dit(model: nn.Module, cfg: WanModelConfig, device: torch.device
         _load_delta(model, cfg.pt_dir, cfg, fill_missing=True)
         return
     report = load_into(model, cfg.ckpt_dir, init_missing=init)
-    _require_full(report, cfg.ckpt_dir, ignore_lora=True)
+    _require_full(report, cfg.ckpt_dir, ignore_lora=True, model=model)
     log.info("model.ckpt_dir %s", report.summary())
     if cfg.pt_dir:
         log.info("model.pt_dir %s", load_into(model, cfg.pt_dir).summary())
@@ -242,8 +244,11 @@ def _config_or_none(cfg: WanModelConfig) -> WanConfig | None:
     return None if has_config else wan_config(cfg.size)
 
 
-def _require_full(report, where: str, ignore_lora: bool = False) -> None:
-    missing = [n for n in report.missing if not (ignore_lora and ".lora_" in n)]
+def _require_full(report, where: str, ignore_lora: bool = False, model: nn.Module | None = None) -> None:
+    """A base checkpoint must hold every DiT weight, except the modules a recipe adds to the DiT
+    (the model's `added_modules` prefixes, e.g. VACE-E's `vace_e.`), which start fresh."""
+    added = tuple(getattr(model, "added_modules", ()))
+    missing = [n for n in report.missing if not (ignore_lora and ".lora_" in n) and not (added and n.startswith(added))]
     if missing:
         raise ValueError(f"model.ckpt_dir {where}: base checkpoint lacks {len(missing)} DiT weights, "
                          f"e.g. {missing[:3]}")

@@ -162,6 +162,17 @@ def autocast(cfg: DistConfig, env: DistEnv) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def activation_offload(cfg: DistConfig, env: DistEnv) -> Iterator[None]:
+    """With `dist.activation_offload` (seed 1's use_gradient_checkpointing_offload), the tensors
+    autograd saves for backward wait in (pinned, on CUDA) CPU memory instead of device memory."""
+    if not cfg.activation_offload:
+        yield
+        return
+    with torch.autograd.graph.save_on_cpu(pin_memory=env.device.type == "cuda"):
+        yield
+
+
 def peak_memory_gb(device: torch.device) -> float:
     """Peak accelerator memory, or the process's peak resident memory on CPU."""
     if device.type == "cuda":

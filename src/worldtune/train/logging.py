@@ -311,6 +311,18 @@ class RunLogger:
         if videos:
             self._wandb_run.log({key: videos}, step=step)
 
+    def log_artifact(self, path: Path | None, name: str) -> None:
+        """Upload a file or folder (a checkpoint, an export) to W&B as a model artifact
+        (`log.save_model_artifacts`); nothing when W&B is off."""
+        if self._closed or self._wandb_run is None or path is None:
+            return
+        artifact = self._wandb.Artifact(f"{self._wandb_run.id}-{name}", type="model")
+        if Path(path).is_dir():
+            artifact.add_dir(str(path))
+        else:
+            artifact.add_file(str(path))
+        self._wandb_run.log_artifact(artifact)
+
     def plot_loss_curve(self) -> Path | None:
         """Render run_dir/loss_curve.png from metrics.jsonl; None if there is nothing to plot."""
         if not self.is_main:

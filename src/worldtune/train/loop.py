@@ -28,6 +28,7 @@ from worldtune.config import ConfigError, RunConfig, to_yaml
 from worldtune.train import checkpoint as ckpt
 from worldtune.train.data import EpochBatchSampler, SeededDataset, derive_seed, move_to_device
 from worldtune.train.distributed import (
+    activation_offload,
     all_reduce_mean,
     autocast,
     default_blocks,
@@ -276,6 +277,8 @@ class Trainer:
                 iterator = self._epoch_iterator()
         if self.last_saved_step != progress.step:
             self._save()
+        if self.cfg.log.save_model_artifacts:
+            self.logger.log_artifact(ckpt.latest_checkpoint(self.run_dir), f"checkpoint-{progress.step}")
         final = self.recipe.on_train_end(self.parts, self)
         if final:
             self.logger.log(progress.step, final)
@@ -310,7 +313,7 @@ class Trainer:
             data_wait += time.perf_counter() - fetch
             samples += self.recipe.batch_size_of(batch)
             batch = move_to_device(batch, env.device)
-            with autocast(cfg.dist, env):
+            with autocast(cfg.dist, env), activation_offload(cfg.dist, env):
                 out = self.recipe.loss(self.parts, batch)
             (out["loss"] / accumulation).backward()
             for key, value in out.items():
@@ -381,7 +384,9 @@ class Trainer:
         if step % cfg.log.log_frequency == 0 or step == 1:
             self.logger.console(step, metrics)
         self.logger.advance(step)
-        if _due(step, cfg.validation.every_steps) or (epoch_ended and self._epoch_due(cfg.validation.every_epochs)):
+        validation_due = _due(step, cfg.validation.every_steps) or (
+            epoch_ended and self._epoch_due(cfg.validation.every_epochs))
+        if validation_due and cfg.validation.enabled:
             self._validate()
         if _due(step, cfg.checkpoint.every_steps) or (epoch_ended and self._epoch_due(cfg.checkpoint.every_epochs)):
             self._save()

@@ -84,21 +84,26 @@ class Validator:
             result = trainer.recipe.sample(self.parts, move_to_device(batch, trainer.env.device))
         if not result:
             return {}
-        if trainer.env.is_main and "video" in result:
+        if trainer.env.is_main and "video" in result and trainer.cfg.validation.save_videos:
             paths = write_sample_videos(trainer.run_dir / "samples", step, result, trainer.cfg.validation.fps)
             trainer.logger.log_videos(step, paths)
-        return {f"val/{k}": float(v) for k, v in result.items() if _is_scalar(v)}
+        wanted = trainer.cfg.validation.metrics
+        return {f"val/{k}": float(v) for k, v in result.items()
+                if _is_scalar(v) and (not wanted or k.split("/")[0] in wanted)}
 
 
 def write_sample_videos(out_dir: Path, step: int, result: dict[str, Any], fps: int) -> list[Path]:
-    """`samples/train_steps_<step>_<i>.mp4`: ground truth (when given) beside the prediction."""
+    """`samples/train_steps_<step>_<i>.mp4`: ground truth (when given) | prediction | the control
+    the recipe conditioned on (when it returns one, e.g. VACE-E's hands-masked video)."""
     from worldtune.data.video_write import side_by_side, write_video
 
     videos = result["video"].detach().float().cpu()
-    targets = result.get("target")
     paths = []
     for i in range(videos.shape[0]):
-        frames = videos[i] if targets is None else side_by_side(targets[i].detach().float().cpu(), videos[i])
+        panels = [result[key][i].detach().float().cpu() for key in ("target",) if result.get(key) is not None]
+        panels.append(videos[i])
+        panels += [result[key][i].detach().float().cpu() for key in ("control",) if result.get(key) is not None]
+        frames = side_by_side(*panels)
         path = out_dir / f"train_steps_{step}_{i}.mp4"
         write_video(path, frames, fps=fps)
         paths.append(path)

@@ -39,7 +39,14 @@ from worldtune.data.formats.vace_e_files import (
     read_object_trajectories,
     task_prompt,
 )
-from worldtune.data.video import VideoError, probe_video, read_frames, resize_center_crop
+from worldtune.data.video import (
+    VideoError,
+    check_image,
+    load_image,
+    probe_video,
+    read_frames,
+    resize_center_crop,
+)
 
 logger = logging.getLogger("worldtune")
 
@@ -50,6 +57,8 @@ class VaceEDataConfig:
 
     dataset_base_path: str = MISSING
     task_metadata_path: str | None = None  # ph2d_metadata.json; None: "Robot manipulation task: <folder>"
+    # Where the trajectory HDF5 files are when not beside the videos: <robot_data_path>/<task>/<episode>/.
+    robot_data_path: str | None = None
     num_frames: int = 81  # consecutive frames from the episode's start (as the seed trains)
     height: int = 480
     width: int = 832
@@ -77,13 +86,20 @@ class VaceEEpisode:
     hands: Path | None
     objects: Path | None
     embodiment_image: Path | None
+    target: Path
+    control: Path
+    mask: Path
+    prompt: str | None = None  # given explicitly (generation); None: from the task metadata
 
     @property
     def name(self) -> str:
         return self.dir.name
 
-    def video(self, suffix: str = "") -> Path:
-        return self.dir / f"{self.name}{suffix}.mp4"
+
+def episode_videos(ep_dir: Path) -> tuple[Path, Path, Path]:
+    """The seed's target, VACE control and VACE mask videos of an episode folder."""
+    name = ep_dir.name
+    return ep_dir / f"{name}.mp4", ep_dir / f"{name}_hands_masked.mp4", ep_dir / f"{name}_hands_mask.mp4"
 
 
 def find_embodiment_image(ep_dir: Path) -> Path | None:
@@ -97,12 +113,23 @@ def find_embodiment_image(ep_dir: Path) -> Path | None:
     return None
 
 
+def find_trajectories(ep_dir: Path, cfg: VaceEDataConfig) -> tuple[Path, Path]:
+    """The hand and object HDF5 files: beside the videos, else under `robot_data_path` (the files
+    returned may not exist)."""
+    name = ep_dir.name
+    files = [ep_dir / f"{name}_hand_trajectories.hdf5", ep_dir / f"{name}_object_trajectories.hdf5"]
+    if cfg.robot_data_path:
+        mirror = Path(cfg.robot_data_path) / ep_dir.parent.name / name
+        files = [f if f.is_file() else mirror / f.name for f in files]
+    return files[0], files[1]
+
+
 def inspect_episode(ep_dir: Path, cfg: VaceEDataConfig) -> VaceEEpisode:
     """Check one episode's files without decoding; a problem raises `DataError` naming the file."""
     name = ep_dir.name
     counts = []
-    for suffix, what in (("", "target"), ("_hands_masked", "VACE control"), ("_hands_mask", "VACE mask")):
-        path = ep_dir / f"{name}{suffix}.mp4"
+    videos = episode_videos(ep_dir)
+    for path, what in zip(videos, ("target", "VACE control", "VACE mask"), strict=True):
         if not path.is_file():
             raise DataError(path, f"missing ({what} video)")
         try:
@@ -113,12 +140,15 @@ def inspect_episode(ep_dir: Path, cfg: VaceEDataConfig) -> VaceEEpisode:
         raise DataError(ep_dir / f"{name}.mp4", f"{counts[0]} frames, a clip needs {cfg.num_frames}")
     if min(counts) != counts[0]:
         raise DataError(ep_dir, f"target, control and mask videos have {counts} frames: they must match")
-    hands, objects = ep_dir / f"{name}_hand_trajectories.hdf5", ep_dir / f"{name}_object_trajectories.hdf5"
+    hands, objects = find_trajectories(ep_dir, cfg)
     missing = [p.name for p in (hands, objects) if not p.is_file()]
     if missing and not cfg.fallback_to_video_only:
         raise DataError(ep_dir, f"missing {', '.join(missing)} (set fallback_to_video_only to train on the video)")
+    image = find_embodiment_image(ep_dir)
+    if image is not None:
+        check_image(image)
     return VaceEEpisode(ep_dir.parent.name, ep_dir, counts[0], hands if hands.is_file() else None,
-                        objects if objects.is_file() else None, find_embodiment_image(ep_dir))
+                        objects if objects.is_file() else None, image, *videos)
 
 
 class VaceEDataset(Dataset):
@@ -126,16 +156,19 @@ class VaceEDataset(Dataset):
     frames) per episode. Bad episodes raise, or with `on_bad_sample: skip` are logged and counted
     (`skipped`); episodes trained without robot data are counted in `video_only`."""
 
-    def __init__(self, cfg: VaceEDataConfig) -> None:
+    def __init__(self, cfg: VaceEDataConfig, episode_dirs: list[Path] | None = None) -> None:
+        """`episode_dirs`: these episode folders instead of every one under dataset_base_path."""
         cfg.check()
         self.cfg = cfg
-        base = Path(cfg.dataset_base_path)
+        base = Path(cfg.dataset_base_path) if episode_dirs is None else Path(episode_dirs[0]).parent
         if not base.is_dir():
             raise DataError(base, "dataset_base_path is not a folder")
         self.metadata = load_task_metadata(cfg.task_metadata_path) if cfg.task_metadata_path else None
         self.skipped: list[tuple[str, str]] = []
         self.episodes: list[VaceEEpisode] = []
-        for ep_dir in sorted(p for p in base.glob("*/episode_*") if p.is_dir()):
+        if episode_dirs is None:
+            episode_dirs = sorted(p for p in base.glob("*/episode_*") if p.is_dir())
+        for ep_dir in map(Path, episode_dirs):
             try:
                 self.episodes.append(inspect_episode(ep_dir, cfg))
             except DataError as err:
@@ -155,10 +188,20 @@ class VaceEDataset(Dataset):
                 logger.warning("vace_e: task folders absent from %s (generic prompt): %s", cfg.task_metadata_path,
                                ", ".join(absent))
 
+    @classmethod
+    def of_episodes(cls, cfg: VaceEDataConfig, episodes: list[VaceEEpisode]) -> VaceEDataset:
+        """A dataset of episodes described explicitly (generation from named files), unchecked."""
+        dataset = cls.__new__(cls)
+        dataset.cfg, dataset.metadata, dataset.skipped, dataset.episodes = cfg, None, [], list(episodes)
+        dataset.video_only = sum(e.hands is None or e.objects is None for e in episodes)
+        return dataset
+
     def __len__(self) -> int:
         return len(self.episodes)
 
     def prompt(self, episode: VaceEEpisode) -> str:
+        if episode.prompt is not None:
+            return episode.prompt
         attributes = self.metadata.get(episode.task) if self.metadata is not None else None
         return task_prompt(episode.task, attributes)
 
@@ -166,18 +209,27 @@ class VaceEDataset(Dataset):
         ep, c = self.episodes[index], self.cfg
         frames = list(range(c.num_frames))
         item: dict[str, Any] = {
-            "video": self._frames(ep.video(), frames), "control": self._frames(ep.video("_hands_masked"), frames),
-            "mask": (self._frames(ep.video("_hands_mask"), frames).mean(dim=0, keepdim=True) + 1) / 2,
+            "video": self._frames(ep.target, frames), "control": self._frames(ep.control, frames),
+            "mask": (self._frames(ep.mask, frames).mean(dim=0, keepdim=True) + 1) / 2,
             "prompt": self.prompt(ep), "task": ep.task, "episode": ep.name, "frame_indices": torch.tensor(frames),
             "embodiment_image": str(ep.embodiment_image) if ep.embodiment_image else None,
+            "reference": self._reference(ep.embodiment_image),
             "hand_motion": None, "objects": None, "object_ids": None,
         }
-        if ep.hands is not None and ep.objects is not None:
+        if ep.hands is not None:
             item["hand_motion"] = torch.from_numpy(align_to_clip(read_hand_motion(ep.hands), frames, ep.hands))
+        if ep.objects is not None:
             poses, ids = read_object_trajectories(ep.objects, c.max_objects)
             item["objects"] = torch.from_numpy(align_to_clip(poses, frames, ep.objects))
             item["object_ids"] = torch.from_numpy(ids)
         return item
+
+    def _reference(self, path: Path | None) -> torch.Tensor | None:
+        """The embodiment image as [3, 1, H, W] in [-1, 1] at the clip's size (VACE's reference
+        frame; CLIP reads the same pixels), or None."""
+        if path is None:
+            return None
+        return load_image(path, self.cfg.height, self.cfg.width)
 
     def _frames(self, path: Path, indices: list[int]) -> torch.Tensor:
         try:
@@ -189,5 +241,33 @@ class VaceEDataset(Dataset):
         return (clip / 127.5 - 1).clamp(-1, 1).permute(1, 0, 2, 3).contiguous()
 
 
-__all__ = ["BadRecording", "VaceEDataConfig", "VaceEDataset", "VaceEEpisode", "find_embodiment_image",
-           "inspect_episode"]
+def collate_vace_e(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a batch; trajectories padded (objects to the batch's most objects) with validity masks,
+    absent ones (video-only episodes) all invalid; a missing embodiment image a zero frame."""
+    batch: dict[str, Any] = {key: torch.stack([it[key] for it in items]) for key in ("video", "control", "mask")}
+    for key in ("prompt", "task", "episode", "embodiment_image"):
+        batch[key] = [it[key] for it in items]
+    size, frames = items[0]["video"].shape, items[0]["video"].shape[1]
+    batch["has_reference"] = torch.tensor([it["reference"] is not None for it in items])
+    batch["reference"] = torch.stack([it["reference"] if it["reference"] is not None
+                                      else torch.zeros(3, 1, *size[2:]) for it in items])
+    batch["hand_motion"] = torch.zeros(len(items), frames, 20)
+    batch["hand_mask"] = torch.zeros(len(items), frames, dtype=torch.bool)
+    num_objects = max([1] + [it["objects"].shape[1] for it in items if it["objects"] is not None])
+    batch["objects"] = torch.zeros(len(items), frames, num_objects, 9)
+    batch["object_ids"] = torch.zeros(len(items), num_objects, dtype=torch.long)
+    batch["object_mask"] = torch.zeros(len(items), frames, num_objects, dtype=torch.bool)
+    for i, it in enumerate(items):
+        if it["hand_motion"] is not None:
+            batch["hand_motion"][i] = it["hand_motion"]
+            batch["hand_mask"][i] = True
+        if it["objects"] is not None:
+            n = it["objects"].shape[1]
+            batch["objects"][i, :, :n] = it["objects"]
+            batch["object_ids"][i, :n] = it["object_ids"]
+            batch["object_mask"][i, :, :n] = True
+    return batch
+
+
+__all__ = ["BadRecording", "VaceEDataConfig", "VaceEDataset", "VaceEEpisode", "collate_vace_e",
+           "episode_videos", "find_embodiment_image", "find_trajectories", "inspect_episode"]

@@ -110,7 +110,7 @@ def tiny_text_encoder(*, seed: int = 0, **options: Any) -> WanTextEncoder:
     return WanTextEncoder(model, tiny_tokenizer(), **options)
 
 
-def tiny_clip_config() -> CLIPVisionConfig:
+def tiny_clip_config(patch_size: int = 1) -> CLIPVisionConfig:
     return CLIPVisionConfig(
         hidden_size=4,
         projection_dim=4,
@@ -118,13 +118,14 @@ def tiny_clip_config() -> CLIPVisionConfig:
         num_attention_heads=2,
         image_size=32,
         intermediate_size=16,
-        patch_size=1,
+        patch_size=patch_size,
     )
 
 
-def tiny_clip(*, seed: int = 0, with_projection: bool = True, **options: Any) -> ClipImageEncoder:
+def tiny_clip(*, seed: int = 0, with_projection: bool = True, patch_size: int = 1,
+              **options: Any) -> ClipImageEncoder:
     model_cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = model_cls(tiny_clip_config())
+        model = model_cls(tiny_clip_config(patch_size))
     return ClipImageEncoder(model, **options)

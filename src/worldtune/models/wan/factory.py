@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -18,11 +19,18 @@ from worldtune.models.wan.dit import WanModel
 from worldtune.models.wan.sizes import WanConfig, wan_config
 from worldtune.models.wan.vace import WanVaceModel
 
+# Builds the DiT class for a config (a recipe's subclass, e.g. VACE-E's `WanVaceEModel`).
+MakeModel = Callable[[WanConfig], WanModel]
 
-def build_wan(config: WanConfig | str, device: str | torch.device | None = None) -> WanModel:
-    """A randomly initialised DiT (`WanVaceModel` for VACE configs); device "meta" builds instantly."""
+
+def build_wan(config: WanConfig | str, device: str | torch.device | None = None,
+              make: MakeModel | None = None) -> WanModel:
+    """A randomly initialised DiT (`WanVaceModel` for VACE configs, or what `make` builds); device
+    "meta" builds instantly."""
     config = wan_config(config)
     with torch.device(device) if device is not None else contextlib.nullcontext():
+        if make is not None:
+            return make(config)
         return WanVaceModel(config) if config.model_type == "vace" else WanModel(config)
 
 
@@ -42,7 +50,8 @@ def resolve_config(path: str | os.PathLike, config: WanConfig | str | None = Non
 
 
 def load_wan(path: str | os.PathLike, *, config: WanConfig | str | None = None, dtype: torch.dtype | None = None,
-             device: str | torch.device = "cpu", strict: bool = True) -> tuple[WanModel, LoadReport]:
+             device: str | torch.device = "cpu", strict: bool = True,
+             make: MakeModel | None = None) -> tuple[WanModel, LoadReport]:
     """A DiT with the checkpoint's weights; `strict=False` allows partial (delta) checkpoints, the
     tensors they lack initialised as a fresh model's, reported in the returned LoadReport.
 
@@ -50,7 +59,7 @@ def load_wan(path: str | os.PathLike, *, config: WanConfig | str | None = None, 
     so loading holds one copy of the weights; it then runs as built on the CPU.
     """
     wan = resolve_config(path, config)
-    model = build_wan(wan, device="meta")
+    model = build_wan(wan, device="meta", make=make)
     init_missing = None if strict else (lambda name, _: model.initial_value(name))
     report = load_into(model, path, strict=strict, dtype=dtype, init_missing=init_missing)
     return model.to(device), report

@@ -81,6 +81,13 @@ SIZES: dict[str, WanConfig] = {
     # The same layout a few times wider and deeper: CPU experiments that must learn something.
     "small-ti2v": WanConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=256, ffn_dim=768, num_heads=4,
                             num_layers=4, text_dim=32, freq_dim=256, text_len=32),
+    # Wan2.1-VACE layout (16-channel latents, 96-channel control) at toy width, for VACE-E's tests.
+    "tiny-vace": WanConfig(model_type="vace", in_dim=16, out_dim=16, dim=32, ffn_dim=64, num_heads=2,
+                           num_layers=4, text_dim=32, freq_dim=256, text_len=32, vace_layers=(0, 2),
+                           vace_in_dim=96),
+    "small-vace": WanConfig(model_type="vace", in_dim=16, out_dim=16, dim=128, ffn_dim=384, num_heads=4,
+                            num_layers=4, text_dim=32, freq_dim=256, text_len=32, vace_layers=(0, 2),
+                            vace_in_dim=96),
     "wan2.1-t2v-1.3b": _T2V_1_3B,
     "wan2.1-t2v-14b": _T2V_14B,
     "wan2.1-vace-1.3b": _T2V_1_3B.replace(model_type="vace", vace_layers=tuple(range(0, 30, 2)), vace_in_dim=96),

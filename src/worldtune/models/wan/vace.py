@@ -60,16 +60,25 @@ class WanVaceModel(WanModel):
             c, hints[layer] = block.forward_hint(c, tokens, inputs)
         return hints
 
+    def collect_hints(self, tokens: torch.Tensor, inputs: BlockInputs, grid: tuple[int, int, int],
+                      vace_context: torch.Tensor | None, vace_context_scale: float,
+                      **extra) -> dict[int, torch.Tensor]:
+        """{main-block index: hint}; subclasses (VACE-E) add their own from `extra` forward kwargs."""
+        if extra:
+            raise TypeError(f"{type(self).__name__}.forward got unexpected arguments {sorted(extra)}")
+        if vace_context is None:
+            return {}
+        return {i: h * vace_context_scale for i, h in self.vace_hints(vace_context, tokens, inputs).items()}
+
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | list[torch.Tensor], *,
                 vace_context: torch.Tensor | None = None, vace_context_scale: float = 1.0,
                 extra_hints: dict[int, torch.Tensor] | None = None, hint_scale: float = 1.0,
                 frame_offset: int = 0, return_hidden_states: bool = False, **kwargs) -> torch.Tensor | WanOutput:
-        tokens, grid = self.embed_video(x, kwargs.get("y"))
+        """`kwargs`: `y`, `clip_fea`, and what a subclass's `collect_hints` reads (VACE-E's `vace_e`)."""
+        tokens, grid = self.embed_video(x, kwargs.pop("y", None))
         e, e0 = self.embed_time(timestep, tokens.shape[1])
-        inputs = self.block_inputs(e0, context, grid, tokens.device, kwargs.get("clip_fea"), frame_offset)
-        hints: dict[int, torch.Tensor] = {}
-        if vace_context is not None:
-            hints = {i: h * vace_context_scale for i, h in self.vace_hints(vace_context, tokens, inputs).items()}
+        inputs = self.block_inputs(e0, context, grid, tokens.device, kwargs.pop("clip_fea", None), frame_offset)
+        hints = self.collect_hints(tokens, inputs, grid, vace_context, vace_context_scale, **kwargs)
         for index, extra in (extra_hints or {}).items():
             hints[index] = hints[index] + extra * hint_scale if index in hints else extra * hint_scale
         tokens, hidden = self.run_blocks(tokens, inputs, hints, 1.0, return_hidden_states)

@@ -6,26 +6,13 @@ from pathlib import Path
 
 import torch
 
-from worldtune.data.video import resize_center_crop
+from worldtune.data.video import load_image
 from worldtune.data.video_write import write_video
 from worldtune.systems.vidar.config import VidarConfig
 from worldtune.systems.vidar.recipe import RECIPE, generate_latents
 from worldtune.systems.wan_parts import pad_text
 from worldtune.utils.device import default_device
 from worldtune.utils.weight_files import Source
-
-
-def load_image(path: str | Path, height: int, width: int) -> torch.Tensor:
-    """An image as float [3, 1, height, width] in [-1, 1], resized to cover and centre-cropped."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = np.array(Image.open(path).convert("RGB"))
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path}: cannot read the image ({err})") from err
-    frame = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-    return resize_center_crop(frame, height, width).clamp(-1, 1).permute(1, 0, 2, 3)
 
 
 @torch.no_grad()

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldtune.data.video import probe_video, read_frames
+from worldtune.data.video import load_image, probe_video, read_frames
 from worldtune.data.video_write import write_video
-from worldtune.systems.vidar.generate import load_image
 from worldtune.systems.vidarc.config import VidarcConfig
 from worldtune.systems.vidarc.recipe import RECIPE
 from worldtune.systems.vidarc.stream import CausalSession
