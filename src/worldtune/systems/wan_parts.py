@@ -30,6 +30,7 @@ from worldtune.utils.weights import initialise, to_empty_keeping_buffers
 log = get_logger()
 
 TINY = "tiny"  # encoder spec for in-process tiny encoders (tests, demo)
+PIXELS = "pixels:"  # VAE spec: the identity latent space (`pixels:2` folds 2x2 pixels into channels)
 
 
 @dataclass
@@ -260,9 +261,26 @@ def build_vae(cfg: WanModelConfig, dit: WanConfig):
     spec = cfg.vae or cfg.ckpt_dir
     if spec == TINY:
         return tiny_wan_vae("2.2" if dit.out_dim == 48 else "2.1")
+    if spec is not None and str(spec).startswith(PIXELS):
+        return pixel_latents(str(spec), dit)
     if spec is None:
-        raise ValueError("model.vae: set a VAE folder / file, 'tiny', or model.ckpt_dir")
+        raise ValueError("model.vae: set a VAE folder / file, 'tiny', 'pixels:<patch>' or model.ckpt_dir")
     return WanVAE.from_pretrained(spec, dtype=DTYPES[cfg.encoder_dtype])
+
+
+def pixel_latents(spec: str, dit: WanConfig):
+    """`pixels:<patch>`: raw pixels as latents (space-to-depth by `patch`, no temporal folding), for
+    CPU experiments that must measure what a model learned without a trained VAE in between."""
+    from worldtune.models.encoders import PixelLatents
+
+    try:
+        patch = int(spec[len(PIXELS):] or 1)
+    except ValueError:
+        raise ValueError(f"model.vae {spec!r}: expected pixels:<patch>, e.g. pixels:2") from None
+    latents = PixelLatents(patch=patch)
+    if latents.z_dim != dit.out_dim:
+        raise ValueError(f"model.vae {spec!r} gives {latents.z_dim} channels; the DiT ({dit.model_type}) has {dit.out_dim}")
+    return latents
 
 
 def build_text_encoder(cfg: WanModelConfig, dit: WanConfig):

@@ -144,6 +144,11 @@ def inspect_episode(ep_dir: Path, cfg: VaceEDataConfig) -> VaceEEpisode:
     missing = [p.name for p in (hands, objects) if not p.is_file()]
     if missing and not cfg.fallback_to_video_only:
         raise DataError(ep_dir, f"missing {', '.join(missing)} (set fallback_to_video_only to train on the video)")
+    clip = list(range(cfg.num_frames))
+    if hands.is_file():  # read once up front (small files): a bad one is named, or skipped, here
+        align_to_clip(read_hand_motion(hands), clip, hands)
+    if objects.is_file():
+        align_to_clip(read_object_trajectories(objects, cfg.max_objects)[0], clip, objects)
     image = find_embodiment_image(ep_dir)
     if image is not None:
         check_image(image)

@@ -58,6 +58,8 @@ class VaceEConfig:
     object_dim: int = 9
     image_dim: int = 1280  # CLIP ViT-H/14 penultimate tokens
     max_objects: int = 10
+    # Fourier frequencies of the hand and object poses (pi 2^k, k < this; 0: raw values only).
+    pose_frequencies: int = 6
     # The seed's vace_e_task_processing: text, hands and objects (false: the embodiment image only).
     task_processing: bool = True
     # Clip frames per latent frame (the VAE's temporal stride): a video token's time in frames.
@@ -70,13 +72,27 @@ def time_features(frames: torch.Tensor, width: int) -> torch.Tensor:
     return flat.view(*frames.shape, width)
 
 
-class SequenceEncoder(nn.Module):
-    """`input_projection`, optional time / id embeddings, transformer layers over the valid tokens,
-    `output_norm`. Tokens [B, L, in] + valid [B, L] -> [B, L, width]."""
+def fourier_features(x: torch.Tensor, frequencies: int) -> torch.Tensor:
+    """[..., D] -> [..., D * (1 + 2 * frequencies)]: the values, then sin and cos of pi 2^k x.
 
-    def __init__(self, in_dim: int, width: int, num_heads: int, num_layers: int) -> None:
+    Poses are continuous; with these a linear layer can compare two positions (cos of their
+    difference is a sum of products of these), which is what attending "near the hand" needs."""
+    if frequencies == 0:
+        return x
+    scales = (2.0 ** torch.arange(frequencies, device=x.device, dtype=torch.float32)) * math.pi
+    angles = x.float()[..., None] * scales
+    return torch.cat([x.float(), angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
+
+
+class SequenceEncoder(nn.Module):
+    """`input_projection` (of the values' Fourier features), optional time / id embeddings,
+    transformer layers over the valid tokens, `output_norm`. Tokens [B, L, in] + valid [B, L] ->
+    [B, L, width]."""
+
+    def __init__(self, in_dim: int, width: int, num_heads: int, num_layers: int, frequencies: int = 0) -> None:
         super().__init__()
-        self.input_projection = nn.Linear(in_dim, width)
+        self.frequencies = frequencies
+        self.input_projection = nn.Linear(in_dim * (1 + 2 * frequencies), width)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(width, num_heads, 2 * width, dropout=0.0, activation="gelu",
                                        batch_first=True, norm_first=True)
@@ -84,6 +100,7 @@ class SequenceEncoder(nn.Module):
         self.output_norm = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, added: torch.Tensor | None = None) -> torch.Tensor:
+        x = fourier_features(x, self.frequencies)
         h = self.input_projection(x.to(self.input_projection.weight.dtype))
         if added is not None:
             h = h + added.to(h.dtype)
@@ -97,8 +114,9 @@ class SequenceEncoder(nn.Module):
 class ObjectTrajectoryEncoder(SequenceEncoder):
     """Object poses [B, T, N, 9] -> T*N tokens, each with its frame's time and its object's id."""
 
-    def __init__(self, in_dim: int, width: int, num_heads: int, num_layers: int, max_objects: int) -> None:
-        super().__init__(in_dim, width, num_heads, num_layers)
+    def __init__(self, in_dim: int, width: int, num_heads: int, num_layers: int, max_objects: int,
+                 frequencies: int) -> None:
+        super().__init__(in_dim, width, num_heads, num_layers, frequencies)
         self.object_type_embedding = nn.Embedding(max_objects + 1, width)  # id 0: unknown
 
     def encode(self, objects: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,9 +198,10 @@ class VaceEBranch(nn.Module):
         d, heads = cfg.task_dim, cfg.num_heads
         if cfg.task_processing:
             self.text_encoder = SequenceEncoder(wan.text_dim, d, heads, 0)
-            self.hand_motion_encoder = SequenceEncoder(cfg.hand_dim, d, heads, cfg.motion_layers)
+            self.hand_motion_encoder = SequenceEncoder(cfg.hand_dim, d, heads, cfg.motion_layers,
+                                                       cfg.pose_frequencies)
             self.object_trajectory_encoder = ObjectTrajectoryEncoder(cfg.object_dim, d, heads, cfg.object_layers,
-                                                                     cfg.max_objects)
+                                                                     cfg.max_objects, cfg.pose_frequencies)
         self.embodiment_encoder = SequenceEncoder(cfg.image_dim, d, heads, 0)
         self.task_fusion = TaskEmbodimentFusion(d, wan.dim)
         self.video_position_proj = nn.Linear(_position_width(), wan.dim)

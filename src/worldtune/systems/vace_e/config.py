@@ -31,6 +31,7 @@ class VaceEBranchConfig:
     num_heads: int = 8
     motion_layers: int = 2
     object_layers: int = 2
+    pose_frequencies: int = 6
 
 
 @dataclass
@@ -65,7 +66,8 @@ class VaceEModelConfig(WanModelConfig):
     def branch(self, image_dim: int, temporal_stride: int) -> VaceEConfig:
         b = self.vace_e
         return VaceEConfig(vace_e_layers=self.layers(), task_dim=b.task_dim, num_heads=b.num_heads,
-                           motion_layers=b.motion_layers, object_layers=b.object_layers, image_dim=image_dim,
+                           motion_layers=b.motion_layers, object_layers=b.object_layers,
+                           pose_frequencies=b.pose_frequencies, image_dim=image_dim,
                            task_processing=self.vace_e_task_processing, temporal_stride=temporal_stride)
 
     def check(self) -> None:
