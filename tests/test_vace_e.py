@@ -239,7 +239,8 @@ def test_the_trained_model_follows_the_hand_motion(tmp_path):
         "model.vace_e.task_dim=32", "data.num_frames=5", "data.height=16", "data.width=16", "train.batch_size=4",
         f"{stage}.max_steps=250", f"{stage}.trainable_models=dit,vace_e", f"{stage}.learning_rate=1.5e-3",
         "train.training_stages.stage_2.max_steps=1", "validation.enabled=false", "checkpoint.every_steps=0",
-        "model.sampling.num_inference_steps=10", "model.sampling.guidance_scale=1.0", "log.progress_bar=false"]))
+        "model.sampling.num_inference_steps=10", "model.sampling.guidance_scale=1.0", "log.progress_bar=false",
+        "train.num_workers=1"]))
     assert main(["eval", "vace-e", str(run), "--test_data", str(test), "--output_dir", str(tmp_path / "eval"),
                  "--no_videos"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]

@@ -160,6 +160,8 @@ PUBLISHED = {
     "tiny": (0, 1e6),
     "tiny-ti2v": (0, 1e6),
     "small-ti2v": (1e6, 1e7),
+    "tiny-vace": (0, 1e6),
+    "tiny-vace-pixels": (0, 2e6),
     "wan2.1-t2v-1.3b": (1.40e9, 1.44e9),
     "wan2.1-vace-1.3b": (2.0e9, 2.2e9),
     "wan2.1-t2v-14b": (14.0e9, 14.5e9),

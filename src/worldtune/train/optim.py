@@ -15,8 +15,10 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig, lr: 
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters: check train.trainable_models / training_stages")
+    # foreach: one kernel per operation over all tensors instead of a Python loop over tensors (PyTorch
+    # picks it by itself only on CUDA); a model of many small tensors steps several times faster.
     return torch.optim.AdamW(
-        params, lr=lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, weight_decay=cfg.weight_decay
+        params, lr=lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
     )
 
 

@@ -85,9 +85,6 @@ SIZES: dict[str, WanConfig] = {
     "tiny-vace": WanConfig(model_type="vace", in_dim=16, out_dim=16, dim=32, ffn_dim=64, num_heads=2,
                            num_layers=4, text_dim=32, freq_dim=256, text_len=32, vace_layers=(0, 2),
                            vace_in_dim=96),
-    "small-vace": WanConfig(model_type="vace", in_dim=16, out_dim=16, dim=128, ffn_dim=384, num_heads=4,
-                            num_layers=4, text_dim=32, freq_dim=256, text_len=32, vace_layers=(0, 2),
-                            vace_in_dim=96),
     # The same over pixels folded 2x2 (12 channels; control 2 x 12 + 4 mask channels): VACE-E's
     # learning test, which scores pixels without a trained VAE in between.
     "tiny-vace-pixels": WanConfig(model_type="vace", in_dim=12, out_dim=12, dim=96, ffn_dim=192, num_heads=4,
