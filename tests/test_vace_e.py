@@ -245,3 +245,31 @@ def test_the_trained_model_follows_the_hand_motion(tmp_path):
                  "--no_videos"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
     assert metrics["task_alignment/psnr_gain"] > 1.0, metrics
+
+
+def test_offloaded_encoders_and_activations_give_the_same_step(episodes, tmp_path):
+    """vram_optimization.cpu_offload keeps the encoders out of `frozen` (the trainer does not move
+    them) and use_gradient_checkpointing_offload keeps saved activations on the CPU: same numbers."""
+    from worldtune.config import DistConfig
+    from worldtune.data.formats.vace_e import collate_vace_e
+    from worldtune.systems.vace_e.recipe import RECIPE
+    from worldtune.train.distributed import DistEnv, activation_offload
+
+    def one_step(overrides: list[str], offload: bool):
+        cfg = load_config(TINY, [f"data.dataset_base_path={episodes}", f"output_dir={tmp_path}", *overrides])
+        torch.manual_seed(0)
+        parts = RECIPE.build(cfg)
+        torch.nn.init.normal_(parts.model.head.head.weight, std=0.1)
+        batch = collate_vace_e([parts.train_dataset[i] for i in range(2)])
+        torch.manual_seed(1)
+        env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+        with activation_offload(DistConfig(activation_offload=offload), env):
+            loss = RECIPE.loss(parts, batch)["loss"]
+        loss.backward()
+        return parts, loss.detach(), parts.model.head.head.weight.grad.clone()
+
+    plain, loss, grad = one_step([], False)
+    assert set(plain.frozen) == {"vae", "text_encoder", "clip"}
+    offloaded, loss2, grad2 = one_step(["vram_optimization.enabled=true", "vram_optimization.cpu_offload=true"], True)
+    assert offloaded.frozen == {} and set(offloaded.extras["encoders"]) == {"vae", "text_encoder", "clip"}
+    assert torch.equal(loss, loss2) and torch.equal(grad, grad2)

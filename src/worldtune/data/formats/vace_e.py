@@ -222,12 +222,20 @@ class VaceEDataset(Dataset):
             "hand_motion": None, "objects": None, "object_ids": None,
         }
         if ep.hands is not None:
-            item["hand_motion"] = torch.from_numpy(align_to_clip(read_hand_motion(ep.hands), frames, ep.hands))
+            item["hand_motion"] = torch.from_numpy(align_to_clip(self._hands(ep.hands), frames, ep.hands))
         if ep.objects is not None:
-            poses, ids = read_object_trajectories(ep.objects, c.max_objects)
+            poses, ids = self._objects(ep.objects)
             item["objects"] = torch.from_numpy(align_to_clip(poses, frames, ep.objects))
             item["object_ids"] = torch.from_numpy(ids)
         return item
+
+    # The trajectory files are a few KB per episode and every epoch reads them again: parsed once
+    # per process (each DataLoader worker keeps its own copy), the arrays are shared read-only.
+    def _hands(self, path: Path) -> np.ndarray:
+        return _cached(self, "hands", path, lambda: read_hand_motion(path))
+
+    def _objects(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        return _cached(self, "objects", path, lambda: read_object_trajectories(path, self.cfg.max_objects))
 
     def _reference(self, path: Path | None) -> torch.Tensor | None:
         """The embodiment image as [3, 1, H, W] in [-1, 1] at the clip's size (VACE's reference
@@ -244,6 +252,14 @@ class VaceEDataset(Dataset):
         pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
         clip = resize_center_crop(pixels, self.cfg.height, self.cfg.width)
         return (clip / 127.5 - 1).clamp(-1, 1).permute(1, 0, 2, 3).contiguous()
+
+
+def _cached(dataset: VaceEDataset, kind: str, path: Path, read):
+    cache = dataset.__dict__.setdefault("_trajectory_cache", {})
+    key = (kind, str(path))
+    if key not in cache:
+        cache[key] = read()
+    return cache[key]
 
 
 def collate_vace_e(items: list[dict[str, Any]]) -> dict[str, Any]:

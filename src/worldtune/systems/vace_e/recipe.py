@@ -65,8 +65,7 @@ class VaceERecipe(Recipe):
             raise ConfigError(f"model.size: VACE-E extends a VACE model (wan2.1-vace-1.3b), got model_type "
                               f"{wan.model_type!r}")
         encoders = {} if device == "meta" else self.build_encoders(cfg, wan)
-        image_dim = encoders["clip"].dim if "clip" in encoders else 1280
-        stride = encoders["vae"].temporal_stride if "vae" in encoders else 4
+        image_dim, stride = branch_inputs(cfg, encoders)
         make = None
         if cfg.model.enable_vace_e:
             from worldtune.models.wan.vace_e import WanVaceEModel
@@ -255,6 +254,22 @@ class VaceERecipe(Recipe):
         if dit:
             payload["dit_state_dict"] = dit
         return payload
+
+
+def branch_inputs(cfg: VaceERunConfig, encoders: dict[str, torch.nn.Module]) -> tuple[int, int]:
+    """(CLIP token width, VAE frames per latent frame) the branch is sized for, from the encoders or,
+    when they are not built (`inspect` on meta), from their specs."""
+    if "vae" in encoders:
+        stride = encoders["vae"].temporal_stride
+    else:
+        stride = 1 if str(cfg.model.vae).startswith("pixels:") else 4
+    if "clip" in encoders:
+        return encoders["clip"].dim, stride
+    if cfg.model.clip == TINY:
+        from worldtune.models.encoders import tiny_clip_config
+
+        return tiny_clip_config().hidden_size, stride
+    return 1280, stride  # ViT-H/14's penultimate tokens (Wan2.1-I2V's CLIP)
 
 
 def _prefixed(cond: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
