@@ -273,3 +273,22 @@ def test_offloaded_encoders_and_activations_give_the_same_step(episodes, tmp_pat
     offloaded, loss2, grad2 = one_step(["vram_optimization.enabled=true", "vram_optimization.cpu_offload=true"], True)
     assert offloaded.frozen == {} and set(offloaded.extras["encoders"]) == {"vae", "text_encoder", "clip"}
     assert torch.equal(loss, loss2) and torch.equal(grad, grad2)
+
+
+def test_torchrun_two_ranks_copy_the_loaded_blocks_and_train(episodes, base, tmp_path):
+    """FSDP2 over 2 ranks: the DiT is built on meta, each rank loads its shards of the base and the
+    branch's blocks are copied from the loaded (sharded) DiT blocks; both stages run."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "worldtune.cli", "train",
+               str(TINY), "--dataset_base_path", str(episodes), "--output_dir", str(run), "--ckpt_dir", str(base),
+               "train.training_stages.stage_1.learning_rate=0", "train.training_stages.stage_1.max_steps=1",
+               "train.training_stages.stage_2.max_steps=1", "train.weight_decay=0", "checkpoint.every_steps=1",
+               "validation.enabled=false"]
+    subprocess.run(command, env=subprocess_env(), check=True, capture_output=True, timeout=300)
+    from safetensors.torch import load_file
+
+    weights = load_weights(run / "checkpoints" / "step_00000001")
+    loaded = load_file(base / "vace_e.safetensors")
+    for name in ("ffn.0.weight", "self_attn.q.weight", "modulation"):
+        assert torch.equal(weights[f"vace_e.vace_blocks.1.{name}"], loaded[f"blocks.3.{name}"])
+    assert max(step_metric(run)) == 2

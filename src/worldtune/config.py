@@ -276,7 +276,7 @@ class LogConfig:
     wandb_mode: str = "online"
     experiment_name: str | None = None
     progress_bar: bool = True
-    # Upload each exported artefact and the final checkpoint to W&B as a model artifact.
+    # Upload the final checkpoint to W&B as a model artifact (seed 1's logging.save_model_artifacts).
     save_model_artifacts: bool = False
 
     def check(self) -> None:

@@ -24,10 +24,12 @@ class VaceBlock(WanBlock):
             self.before_proj = nn.Linear(dim, dim)
         self.after_proj = nn.Linear(dim, dim)
 
-    def forward_hint(self, c: torch.Tensor, x: torch.Tensor, inputs: BlockInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, c: torch.Tensor, x: torch.Tensor, inputs: BlockInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next c, hint). The module's own forward, so that what wraps a block's call (FSDP2's
+        unshard, activation checkpointing) wraps this one too."""
         if hasattr(self, "before_proj"):
             c = self.before_proj(c) + x
-        c = super().forward(c, inputs.e0, inputs.context, inputs.rope, inputs.image_context, inputs.mask)
+        c = WanBlock.forward(self, c, inputs.e0, inputs.context, inputs.rope, inputs.image_context, inputs.mask)
         return c, self.after_proj(c.to(self.after_proj.weight.dtype))
 
 
@@ -57,7 +59,7 @@ class WanVaceModel(WanModel):
             raise ValueError(f"vace_context gives {c.shape[1]} tokens, the video {tokens.shape[1]}")
         hints = {}
         for layer, block in zip(self.vace_layers, self.vace_blocks, strict=True):
-            c, hints[layer] = block.forward_hint(c, tokens, inputs)
+            c, hints[layer] = block(c, tokens, inputs)
         return hints
 
     def collect_hints(self, tokens: torch.Tensor, inputs: BlockInputs, grid: tuple[int, int, int],

@@ -137,8 +137,8 @@ class TaskEmbodimentFusion(nn.Module):
         super().__init__()
         self.task_to_model_proj = nn.Sequential(nn.Linear(task_dim, dim), nn.GELU(), nn.LayerNorm(dim))
         self.embodiment_to_model_proj = nn.Sequential(nn.Linear(task_dim, dim), nn.GELU(), nn.LayerNorm(dim))
-        self.task_weight = nn.Parameter(torch.tensor(0.5))
-        self.embodiment_weight = nn.Parameter(torch.tensor(0.5))
+        self.task_weight = nn.Parameter(torch.full((1,), 0.5))  # [1], not a scalar: FSDP2 shards no 0-d tensor
+        self.embodiment_weight = nn.Parameter(torch.full((1,), 0.5))
         self.modality_embedding = nn.Parameter(torch.zeros(len(self.MODALITIES), dim))
         self.null_token = nn.Parameter(torch.zeros(1, 1, dim))
 
@@ -182,8 +182,9 @@ class VaceEBlock(WanBlock):
         out = attention(q, k, v, valid[:, None, None, :])  # key padding, broadcast over heads and queries
         return c + attn.o(out.to(compute)).float()
 
-    def forward_hint(self, c: torch.Tensor, inputs: BlockInputs, position: torch.Tensor, cond: torch.Tensor,
-                     valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, c: torch.Tensor, inputs: BlockInputs, position: torch.Tensor, cond: torch.Tensor,
+                valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next c, hint); the module's forward, so FSDP2 and activation checkpointing wrap it."""
         c = self.attend_condition(c, position, cond, valid)
         c = WanBlock.forward(self, c, inputs.e0, inputs.context, inputs.rope, inputs.image_context, inputs.mask)
         return c, self.after_proj(c.to(self.after_proj.weight.dtype))
@@ -235,7 +236,7 @@ class VaceEBranch(nn.Module):
         position = self.video_position_proj(features.to(self.video_position_proj.weight.dtype)).float()
         c, hints = tokens, {}
         for layer, block in zip(self.cfg.vace_e_layers, self.vace_blocks, strict=True):
-            c, hints[layer] = block.forward_hint(c, inputs, position, fused, valid)
+            c, hints[layer] = block(c, inputs, position, fused, valid)
         return hints
 
 
