@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/worldtune demo --out runs/demo
 
+# Two worker processes (pytest-xdist): every test runs single-threaded (tests/conftest.py), so the two
+# cores of the target machine each take one; about half the serial time.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples

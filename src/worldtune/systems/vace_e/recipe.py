@@ -40,6 +40,9 @@ from worldtune.systems.wan_parts import (
     pad_text,
 )
 from worldtune.train.recipe import Parts, Recipe
+from worldtune.utils.logging import get_logger
+
+log = get_logger()
 
 # The DiT proper (what stage 2's "dit" trains without LoRA): not the VACE blocks, not the branch.
 DIT_MODULES = "patch_embedding,text_embedding,time_embedding,time_projection,blocks,head"
@@ -54,6 +57,10 @@ class VaceERecipe(Recipe):
     # ------------------------------------------------------------------ build
 
     def build(self, cfg: VaceERunConfig) -> Parts:
+        vram = cfg.vram_optimization
+        if vram.enabled and vram.offload_optimizer and not _distributed():
+            log.warning("vram_optimization.offload_optimizer is FSDP2's CPU offload (dist.cpu_offload), which "
+                        "applies under torchrun: this single process keeps the optimizer state on its device")
         parts = self.build_models(cfg)
         parts.train_dataset = VaceEDataset(cfg.data)
         return parts
@@ -254,6 +261,12 @@ class VaceERecipe(Recipe):
         if dit:
             payload["dit_state_dict"] = dit
         return payload
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def branch_inputs(cfg: VaceERunConfig, encoders: dict[str, torch.nn.Module]) -> tuple[int, int]:
