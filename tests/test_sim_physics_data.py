@@ -23,7 +23,7 @@ SCENE = "test_ball_collide/env_0/0/0"
 
 
 def config(root, **kw) -> SimPhysicsDataConfig:
-    base = dict(dataset_base_path=str(root), num_frames=5, height=32, width=32, split="all")
+    base = dict(dataset_base_path=str(root), num_frames=5, height=32, width=32, split="all", target_stride=1)
     return SimPhysicsDataConfig(**{**base, **kw})
 
 
@@ -33,6 +33,18 @@ def test_frames_are_picked_evenly_like_the_seed():
     assert set(np.diff(picks)) == {2, 3}
     with pytest.raises(ValueError, match="12 frames, fewer than num_frames 49"):
         pick_frames(12, 49)
+
+
+def test_targets_every_stride_frames_chain_the_motion(tmp_path):
+    write_scene(tmp_path, SCENE, frames=13, velocity=(2, 1))
+    item = SimPhysicsDataset(config(tmp_path, target_stride=2))[0]  # frames 0, 2, 5, 7, 10 -> targets 0, 5, 10
+    assert item["motion"].shape == (2, 3, 32, 32) and item["depth"].shape == (1, 3, 32, 32)
+    x0, y0 = square_origin(10, (4, 6), (2, 1))
+    assert torch.allclose(item["motion"][:, 2, y0 + 2, x0 + 2], torch.tensor([10.0, 5.0]))  # steps 6..10
+    from worldtune.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"num_frames 5 must be 1 \+ a multiple of data.target_stride 3"):
+        config(tmp_path, target_stride=3).check()
 
 
 def test_motion_is_accumulated_over_the_gap_and_warps_one_frame_onto_the_next(tmp_path):

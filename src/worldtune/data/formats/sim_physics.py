@@ -5,10 +5,11 @@ scan of the root when there is none. A clip is `num_frames` frames spread evenly
 (49 of 131), resized to cover `height` x `width` and centre-cropped; motion and depth follow the
 same geometry (motion values scaled with the resize).
 
-An item: `video` [3, T, H, W] in [-1, 1]; `motion` [2, T, H, W] in output pixels, frame t's being
-the displacement since the previous sampled frame on frame t's grid (frame 0: zeros, and
-`motion_valid[0]` False); `depth` [1, T, H, W] metres with `depth_valid` (invalid pixels 0);
-`prompt`, `scene`, `frame_indices`.
+An item: `video` [3, T, H, W] in [-1, 1]; targets at the sampled frames 0, s, 2s, ... (s =
+`target_stride`, 4: the frame each Wan latent frame ends on; T' = (T - 1) / s + 1 of them):
+`motion` [2, T', H, W] in output pixels, target k's being the displacement since target k-1 on its
+own grid (target 0: zeros, `motion_valid[0]` False); `depth` [1, T', H, W] metres with
+`depth_valid` (invalid pixels 0); `prompt`, `scene`, `frame_indices` (the T sampled frames).
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class SimPhysicsDataConfig:
     motion_dir: str | None = None
     depth_dir: str | None = None
     num_frames: int = 49
+    # Targets every `target_stride` sampled frames (0, 4, 8, ...: the frames Wan's VAE ends each latent
+    # frame on), motion chained over the stride; 1: every sampled frame.
+    target_stride: int = 4
     height: int = 480
     width: int = 480
     # pixels | normalized (fractions of width / height); `motion_sign` multiplies (dx, dy).
@@ -90,6 +94,9 @@ class SimPhysicsDataConfig:
                 raise ConfigError(f"data.{key} must be one of {', '.join(choices)}; got {value!r}")
         if len(self.motion_sign) != 2:
             raise ConfigError(f"data.motion_sign: two multipliers (dx, dy), got {list(self.motion_sign)}")
+        if self.target_stride < 1 or (self.num_frames - 1) % self.target_stride:
+            raise ConfigError(f"data.num_frames {self.num_frames} must be 1 + a multiple of data.target_stride "
+                              f"{self.target_stride} (e.g. 49 with 4)")
         if not 0 <= self.val_ratio < 1:
             raise ConfigError(f"data.val_ratio must be in [0, 1), got {self.val_ratio}")
 
@@ -168,29 +175,32 @@ class SimPhysicsDataset(Dataset):
         scale = cover_crop(c.height, c.width, shape)[0]
         video = resize_crop(torch.from_numpy(rgb).permute(0, 3, 1, 2).float(), c.height, c.width, "bilinear")
         motion = self._motion(files, picks, shape) * scale
-        depth, valid = zip(*(read_depth(files.depth[i], shape) for i in picks), strict=True)
+        targets = picks[::c.target_stride]
+        depth, valid = zip(*(read_depth(files.depth[i], shape) for i in targets), strict=True)
         depth_t = resize_crop(torch.from_numpy(np.stack(depth))[:, None], c.height, c.width, "nearest")
         valid_t = resize_crop(torch.from_numpy(np.stack(valid)).float()[:, None], c.height, c.width, "nearest") > 0.5
         if not valid_t.any():
-            raise BadScene(files.depth[picks[0]].parent, "every depth value of the clip is invalid (0, inf or NaN)")
+            raise BadScene(files.depth[targets[0]].parent, "every depth value of the clip is invalid (0, inf or NaN)")
         return {
             "video": (video / 127.5 - 1).clamp(-1, 1).transpose(0, 1).contiguous(),
             "motion": resize_crop(motion, c.height, c.width, "bilinear").transpose(0, 1).contiguous(),
-            "motion_valid": torch.tensor([False] + [True] * (len(picks) - 1)),
+            "motion_valid": torch.tensor([False] + [True] * (len(targets) - 1)),
             "depth": depth_t.transpose(0, 1).contiguous(),
             "depth_valid": valid_t.transpose(0, 1).contiguous(),
             "prompt": prompt, "scene": files.scene, "frame_indices": torch.tensor(picks),
         }
 
     def _motion(self, files: SceneFiles, picks: list[int], shape: tuple[int, int]) -> torch.Tensor:
-        """[T, 2, h, w]: per sampled frame, the displacement since the previous sampled frame."""
+        """[T', 2, h, w]: per target frame, the displacement since the previous one, chained over
+        every simulator step in between (the sampled frames' gaps and the target stride alike)."""
         c = self.cfg
 
         def step(k: int) -> torch.Tensor:
             return torch.from_numpy(read_motion(files.motion[k], shape, c.motion_units, tuple(c.motion_sign)))
 
+        targets = picks[::c.target_stride]
         out = [torch.zeros(2, *shape)]
-        for a, b in zip(picks[:-1], picks[1:], strict=True):
+        for a, b in zip(targets[:-1], targets[1:], strict=True):
             out.append(accumulate_motion([step(k) for k in range(a + 1, b + 1)]))
         return torch.stack(out)
 
