@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "idm": "worldtune.systems.idm",
     "vidarc": "worldtune.systems.vidarc",
     "vace_e": "worldtune.systems.vace_e",
+    "physics": "worldtune.systems.physics",
 }
 
 __all__ = ["Command", "REGISTRY", "System", "all_systems", "get_recipe", "get_system",

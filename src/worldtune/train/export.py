@@ -80,6 +80,11 @@ def export_run(run_dir: str | Path, recipe: Recipe | None = None, *, checkpoint:
                             pt_payload=payload)
     extra = recipe.export_files(cfg) if custom else {}
     written += [write_text_atomic(out / file_name, text) for file_name, text in extra.items()]
+    for file_name, payload in (recipe.export_binaries(weights, cfg) if custom else {}).items():
+        (out / file_name).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / file_name) as tmp:
+            torch.save(payload, tmp)
+        written.append(out / file_name)
     save_path = getattr(getattr(cfg, "output", None), "save_path", None)
     if save_path:  # the seeds' output.save_path (checkpoints/vidar/vidar.pt): a copy of the .pt there
         written.append(copy_atomic(out / f"{stem}.pt", Path(save_path)))

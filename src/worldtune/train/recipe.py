@@ -105,6 +105,11 @@ class Recipe:
         strings, lists and dicts only, so that it loads with `weights_only=True`. None: the weights."""
         return None
 
+    def export_binaries(self, weights: dict[str, torch.Tensor], cfg: RunConfig) -> dict[str, dict]:
+        """More `torch.save` files beside the export ({relative path: payload}), e.g. the original
+        system's own files (Sim-Physics' `final/motion_head.pth`); `weights` are export_weights'."""
+        return {}
+
     def export_files(self, cfg: RunConfig) -> dict[str, str]:
         """Text files written beside the exported weights ({file name: contents}), e.g. the
         model's config.json, so that the export loads (and converts) without the run."""

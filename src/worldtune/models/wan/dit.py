@@ -181,13 +181,14 @@ class WanModel(nn.Module):
         # Activation checkpointing is applied per block from outside (train/distributed.py).
         return block(tokens, inputs.e0, inputs.context, inputs.rope, inputs.image_context, inputs.mask)
 
-    def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """[B, L, prod(patch)*out_dim] -> [B, out_dim, F*pt, H*ph, W*pw]."""
+    def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int], channels: int | None = None) -> torch.Tensor:
+        """[B, L, prod(patch)*C] -> [B, C, F*pt, H*ph, W*pw]; C is out_dim unless given."""
         f, h, w = grid
+        c = self.config.out_dim if channels is None else channels
         pt, ph, pw = self.config.patch_size
-        x = tokens.view(tokens.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
+        x = tokens.view(tokens.shape[0], f, h, w, pt, ph, pw, c)
         x = torch.einsum("bfhwpqrc->bcfphqwr", x)
-        return x.reshape(tokens.shape[0], self.config.out_dim, f * pt, h * ph, w * pw)
+        return x.reshape(tokens.shape[0], c, f * pt, h * ph, w * pw)
 
     # ------------------------------------------------------------------ forward
 

@@ -1,0 +1,51 @@
+"""Sim-Physics' config sections: the Wan model, the scenes, and the head losses (seed names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from worldtune.config import ConfigError, RunConfig
+from worldtune.data.formats.sim_physics import SimPhysicsDataConfig
+from worldtune.systems.vidar.config import OutputConfig
+from worldtune.systems.wan_parts import WanModelConfig
+
+
+@dataclass
+class PhysicsModelConfig(WanModelConfig):
+    # Heads compared with the targets at the frames' resolution (the predictions upsampled), as the
+    # original's --full_res_heads; false: targets brought down to the latent grid instead.
+    full_res_heads: bool = True
+    # The timestep at which evaluation reads the heads (a lightly noised clip, as in training).
+    eval_timestep: float = 200.0
+
+
+@dataclass
+class PhysicsLossConfig:
+    """The seed's loss weights, and the loss types (ours; the original had MSE only)."""
+
+    motion_loss_weight: float = 1.0
+    depth_loss_weight: float = 1.0
+    warp_loss_weight: float = 0.1
+    # epe (end-point error, pixels) | l1 | mse
+    motion_loss: str = "epe"
+    # silog (scale-invariant log) | l1 | mse, on log depth over valid pixels
+    depth_loss: str = "silog"
+    silog_lambda: float = 0.85
+    # The video flow-matching loss: auto = on while the DiT (or its LoRA) trains, off in stage 1.
+    video_loss: str = "auto"
+    video_loss_weight: float = 1.0
+
+    def check(self) -> None:
+        for key, value, choices in (("motion_loss", self.motion_loss, ("epe", "l1", "mse")),
+                                    ("depth_loss", self.depth_loss, ("silog", "l1", "mse")),
+                                    ("video_loss", self.video_loss, ("auto", "on", "off"))):
+            if value not in choices:
+                raise ConfigError(f"loss.{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass
+class PhysicsRunConfig(RunConfig):
+    model: PhysicsModelConfig = field(default_factory=lambda: PhysicsModelConfig(size="wan2.2-ti2v-5b", lora_rank=32))
+    data: SimPhysicsDataConfig = field(default_factory=SimPhysicsDataConfig)
+    loss: PhysicsLossConfig = field(default_factory=PhysicsLossConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
