@@ -1,0 +1,113 @@
+"""Sim-Physics end to end on scenes in the seed layout: stage 1 leaves the DiT bitwise unchanged,
+stage 2 changes only LoRA and the heads, kill and resume (bitwise), export with the original's files
+(and loading them back), eval against the baselines, generate, the metadata command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, step_metric, subprocess_env, train_then_kill
+from sim_physics_fixtures import write_scene
+from worldtune.cli import main
+from worldtune.systems import load_config, train_run
+from worldtune.train.export import load_weights
+
+TINY = REPO / "configs" / "physics" / "tiny.yaml"
+HEADS = ("motion_head.", "depth_head.")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("physics_data")
+    for i, velocity in enumerate([(2, 1), (1, 2), (-1, 1)]):
+        write_scene(root, f"test_scene_{i}/env_0/0/0", frames=20, size=(64, 64), start=(20, 20), velocity=velocity)
+    return root
+
+
+def test_heads_keep_the_original_keys_and_convert_both_ways():
+    from worldtune.models.wan.physics import WanPhysicsModel, from_original_motion_head, to_original_motion_head
+    from worldtune.models.wan.sizes import wan_config
+
+    model = WanPhysicsModel(wan_config("tiny-ti2v"))
+    motion = {k[len("motion_head."):]: v for k, v in model.state_dict().items() if k.startswith("motion_head.")}
+    assert sorted(motion) == ["head.bias", "head.weight", "modulation", ] and not motion["modulation"].any()
+    original = to_original_motion_head(motion, (1, 2, 2))
+    assert original["head.weight"].shape == (16, 24)  # 4 channels x 2x2 patch, as the original's motion_head.pth
+    assert all(torch.equal(from_original_motion_head(original, (1, 2, 2))[k], motion[k]) for k in motion)
+    assert model.depth_head.head.weight.shape == (4, 24)
+
+
+def test_stages_kill_resume_export_reload_eval_generate(scenes, tmp_path):
+    overrides = [f"data.dataset_base_path={scenes}"]
+    uninterrupted = tmp_path / "uninterrupted"
+    train_run(load_config(TINY, [*overrides, f"output_dir={uninterrupted}"]))
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "worldtune.cli", "train", str(TINY), *overrides, f"output_dir={run}"]
+    train_then_kill(command, run, 3)
+    assert max(step_metric(run)) < 6
+    subprocess.run(command, env=subprocess_env(), check=True, capture_output=True)
+    assert step_metric(run) == step_metric(uninterrupted)
+    assert step_metric(run, "val/motion/epe") and step_metric(run, "val/depth/median_abs_rel")
+
+    initial = _initial_weights(run)
+    stage1, stage2 = (load_weights(run / "checkpoints" / f"step_{s:08d}") for s in (2, 6))
+    frozen = [k for k in initial if not k.startswith(HEADS)]
+    assert all(torch.equal(stage1[k], initial[k]) for k in frozen)  # stage 1: the DiT bitwise unchanged
+    assert not torch.equal(stage1["motion_head.head.weight"], initial["motion_head.head.weight"])
+    changed = {k for k in initial if not torch.equal(stage2[k], stage1[k])}
+    assert changed and all(k.startswith(HEADS) or ".lora_" in k for k in changed)  # stage 2: LoRA and heads only
+    assert any(".lora_" in k for k in changed)
+
+    assert main(["export", str(run)]) == 0
+    final = run / "export" / "final"
+    motion = torch.load(final / "motion_head.pth", weights_only=True)
+    assert sorted(motion) == ["head.bias", "head.weight", "modulation"] and motion["head.weight"].shape == (16, 24)
+    lora = torch.load(final / "lora_weights.pth", weights_only=True)
+    assert lora and all(".lora_" in k and k.startswith("blocks.") for k in lora)
+    from worldtune.systems.physics.recipe import RECIPE
+
+    reloaded = RECIPE.build_models(load_config(TINY, [*overrides, f"model.pt_dir={final}"])).model.state_dict()
+    assert all(torch.equal(reloaded[k], stage2[k]) for k in stage2 if k.startswith(HEADS) or ".lora_" in k)
+
+    report_path = tmp_path / "eval.json"
+    assert main(["eval", "physics", str(run), "--split", "all", "--json", str(report_path),
+                 "--videos", str(tmp_path / "videos")]) == 0
+    metrics = json.loads(report_path.read_text())["metrics"]
+    assert {"motion/epe", "motion/zero_epe", "depth/abs_rel", "depth/delta1", "depth/median_abs_rel",
+            "depth/median_delta1", "video/mse_loss", "video/base_mse_loss"} <= set(metrics)
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 3
+
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (60, 90, 120)).save(tmp_path / "first.png")
+    out = tmp_path / "gen.mp4"
+    assert main(["generate", "physics", "--run", str(run), "--image", str(tmp_path / "first.png"),
+                 "--prompt", "A physics simulation of ball collide", "--out", str(out)]) == 0
+    assert np.load(tmp_path / "gen_motion.npy").shape == (2, 3, 64, 64)
+    assert np.load(tmp_path / "gen_depth.npy").shape == (3, 64, 64) and (tmp_path / "gen_physics.mp4").is_file()
+
+
+def _initial_weights(run: Path) -> dict[str, torch.Tensor]:
+    from worldtune.systems.physics.recipe import RECIPE
+    from worldtune.train.rng import seed_all
+    from worldtune.train.run import load_run
+
+    cfg = load_run(run, RECIPE).cfg
+    seed_all(cfg.seed)
+    return {k: v.clone() for k, v in RECIPE.build_models(cfg).model.state_dict().items()}
+
+
+def test_prepare_metadata_command(scenes, tmp_path):
+    out = tmp_path / "sim_physics_metadata.csv"
+    assert main(["prepare", "sim-physics-metadata", str(scenes), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["video"] for r in rows] == [f"test_scene_{i}/env_0/0/0" for i in range(3)]
+    assert rows[0]["prompt"] == "A physics simulation of scene 0"
