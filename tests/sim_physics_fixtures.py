@@ -46,3 +46,41 @@ def write_scene(root: Path, scene: str = "test_ball_collide/env_0/0/0", frames: 
             depth[1, 1] = 0.0
         np.save(base / "distance_to_camera" / f"step_{k:04d}.npy", depth)
     return base
+
+
+def write_ground_scene(root: Path, scene: str, frames: int, size: int, velocity: tuple[int, int],
+                       start: tuple[int, int], square: int = 16) -> Path:
+    """A textured box sliding over a ground plane: depth grows with the row (2 m at the bottom,
+    8 m at the top) and the ground's shade with it, so appearance says how far; the box is 1.5 m."""
+    from PIL import Image
+
+    base = root / scene
+    for folder in ("rgb", "motion_vectors", "distance_to_camera"):
+        (base / folder).mkdir(parents=True, exist_ok=True)
+    ys, xs = np.mgrid[0:size, 0:size]
+    ground_depth = 8.0 - 6.0 * ys / (size - 1)
+    shade = (40 + 160 * (ys / (size - 1))).astype(np.uint8)
+    ground = np.stack([shade, shade, (shade * 0.8).astype(np.uint8)], -1)
+    for k in range(frames):
+        x0, y0 = square_origin(k, start, velocity)
+        inside = (xs >= x0) & (xs < x0 + square) & (ys >= y0) & (ys < y0 + square)
+        rgb = ground.copy()
+        pattern = np.stack([200 + 3 * (xs - x0), 60 + 8 * (ys - y0), np.full_like(xs, 40)], -1)
+        rgb[inside] = np.clip(pattern, 0, 255)[inside].astype(np.uint8)
+        Image.fromarray(rgb).save(base / "rgb" / f"step_{k:04d}.png")
+        motion = np.zeros((size, size, 4), np.float32)
+        if k > 0:
+            motion[inside, 0], motion[inside, 1] = velocity
+        np.save(base / "motion_vectors" / f"step_{k:04d}.npy", motion)
+        np.save(base / "distance_to_camera" / f"step_{k:04d}.npy",
+                np.where(inside, 1.5, ground_depth).astype(np.float32))
+    return base
+
+
+def write_ground_dataset(root: Path, scenes: int, frames: int = 12, size: int = 64, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for i in range(scenes):
+        velocity = tuple(int(v) for v in rng.integers(-2, 3, size=2))
+        start = tuple(int(s) for s in rng.integers(16, size - 32, size=2))
+        write_ground_scene(root, f"test_slide_{i:02d}/env_0/0/0", frames, size, velocity, start)
+    return root

@@ -23,7 +23,7 @@ def _metadata(args: argparse.Namespace) -> int:
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a physics run directory")
-    parser.add_argument("--split", default="val", choices=("train", "val", "all"))
+    parser.add_argument("--split", default="val", choices=("train", "val", "all"), help="which scenes (data.val_scenes / val_ratio)")
     parser.add_argument("--videos", help="write true | predicted flow and depth per scene here")
     parser.add_argument("--json", help="also write the numbers here (default RUN_DIR/eval/physics_<split>.json)")
 
@@ -43,7 +43,7 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help='e.g. "A physics simulation of ball collide"')
     parser.add_argument("--frames", type=int, help="4k+1 frames (default: data.num_frames)")
     parser.add_argument("--steps", type=int, help="default: model.sampling.num_inference_steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--out", required=True, help="output .mp4; motion / depth go beside it")
 
 
