@@ -33,7 +33,11 @@ def scenes(tmp_path_factory) -> Path:
 
 
 def test_heads_keep_the_original_keys_and_convert_both_ways():
-    from worldtune.models.wan.physics import WanPhysicsModel, from_original_motion_head, to_original_motion_head
+    from worldtune.models.wan.physics import (
+        WanPhysicsModel,
+        from_original_motion_head,
+        to_original_motion_head,
+    )
     from worldtune.models.wan.sizes import wan_config
 
     model = WanPhysicsModel(wan_config("tiny-ti2v"))
