@@ -51,7 +51,8 @@ def write_scene(root: Path, scene: str = "test_ball_collide/env_0/0/0", frames: 
 def write_ground_scene(root: Path, scene: str, frames: int, size: int, velocity: tuple[int, int],
                        start: tuple[int, int], square: int = 16) -> Path:
     """A textured box sliding over a ground plane: depth grows with the row (2 m at the bottom,
-    8 m at the top) and the ground's shade with it, so appearance says how far; the box is 1.5 m."""
+    8 m at the top) and the ground's shade with it, so appearance says how far; its tint changes
+    along x, so that appearance also says where; the box is 1.5 m."""
     from PIL import Image
 
     base = root / scene
@@ -60,7 +61,8 @@ def write_ground_scene(root: Path, scene: str, frames: int, size: int, velocity:
     ys, xs = np.mgrid[0:size, 0:size]
     ground_depth = 8.0 - 6.0 * ys / (size - 1)
     shade = (40 + 160 * (ys / (size - 1))).astype(np.uint8)
-    ground = np.stack([shade, shade, (shade * 0.8).astype(np.uint8)], -1)
+    tint = (40 + 160 * (xs / (size - 1))).astype(np.uint8)  # where along x: the DiT has no absolute position
+    ground = np.stack([shade, shade, tint], -1)
     for k in range(frames):
         x0, y0 = square_origin(k, start, velocity)
         inside = (xs >= x0) & (xs < x0 + square) & (ys >= y0) & (ys < y0 + square)
