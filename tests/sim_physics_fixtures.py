@@ -49,7 +49,7 @@ def write_scene(root: Path, scene: str = "test_ball_collide/env_0/0/0", frames: 
 
 
 def write_ground_scene(root: Path, scene: str, frames: int, size: int, velocity: tuple[int, int],
-                       start: tuple[int, int], square: int = 16) -> Path:
+                       start: tuple[int, int], square: int = 24) -> Path:
     """A textured box sliding over a ground plane: depth grows with the row (2 m at the bottom,
     8 m at the top) and the ground's shade with it, so appearance says how far; its tint changes
     along x, so that appearance also says where; the box is 1.5 m."""
@@ -83,6 +83,6 @@ def write_ground_dataset(root: Path, scenes: int, frames: int = 12, size: int = 
     rng = np.random.default_rng(seed)
     for i in range(scenes):
         velocity = tuple(int(v) for v in rng.integers(-2, 3, size=2))
-        start = tuple(int(s) for s in rng.integers(16, size - 32, size=2))
+        start = tuple(int(s) for s in rng.integers(12, size - 36, size=2))
         write_ground_scene(root, f"test_slide_{i:02d}/env_0/0/0", frames, size, velocity, start)
     return root

@@ -329,6 +329,14 @@ def test_pixel_latents_identity_and_patchify():
     assert isinstance(patched, LatentSpace)
     with pytest.raises(ValueError, match="multiples of 2"):
         patched.encode(x[..., :15])
+    # frames folded too, as Wan's VAE: frame 0 alone, then groups of 4 (48 channels, TI2V's latent width)
+    timed = PixelLatents(patch=2, time_patch=4)
+    z = timed.encode(x)
+    assert z.shape == (2, 48, 2, 8, 8) == (2, *timed.latent_shape(5, 16, 16)) and timed.temporal_stride == 4
+    assert torch.equal(z[:, 12:24, 1], patched.encode(x)[:, :, 2])  # latent 1, its 2nd frame: frame 2
+    assert torch.equal(timed.decode(z), x)
+    with pytest.raises(ValueError, match="num_frames must be 1 \\+ 4\\*k"):
+        timed.encode(x[:, :, :4])
 
 
 # -------------------------------------------------------------------------------- published sizes

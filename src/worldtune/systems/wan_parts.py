@@ -269,15 +269,17 @@ def build_vae(cfg: WanModelConfig, dit: WanConfig):
 
 
 def pixel_latents(spec: str, dit: WanConfig):
-    """`pixels:<patch>`: raw pixels as latents (space-to-depth by `patch`, no temporal folding), for
-    CPU experiments that must measure what a model learned without a trained VAE in between."""
+    """`pixels:<patch>[x<frames>]`: raw pixels as latents (space-to-depth by `patch`; with `x4`, also
+    4 frames per latent frame after frame 0 alone, as Wan's VAE), for CPU experiments that must
+    measure what a model learned without a trained VAE in between."""
     from worldtune.models.encoders import PixelLatents
 
     try:
-        patch = int(spec[len(PIXELS):] or 1)
+        patch, _, time_patch = spec[len(PIXELS):].partition("x")
+        latents = PixelLatents(patch=int(patch or 1), time_patch=int(time_patch or 1))
     except ValueError:
-        raise ValueError(f"model.vae {spec!r}: expected pixels:<patch>, e.g. pixels:2") from None
-    latents = PixelLatents(patch=patch)
+        raise ValueError(f"model.vae {spec!r}: expected pixels:<patch> or pixels:<patch>x<frames>, "
+                         "e.g. pixels:2 or pixels:2x4") from None
     if latents.z_dim != dit.out_dim:
         raise ValueError(f"model.vae {spec!r} gives {latents.z_dim} channels; the DiT ({dit.model_type}) has {dit.out_dim}")
     return latents
