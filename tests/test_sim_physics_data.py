@@ -84,8 +84,8 @@ def test_motion_scales_with_resize_and_follows_the_crop(tmp_path):
 
     path = tmp_path / SCENE / "motion_vectors" / "step_0003.npy"
     pixels = read_motion(path, (32, 48))
-    assert np.array_equal(read_motion(path, (32, 48), sign=(1.0, -1.0)), pixels * np.array([1, -1])[:, None, None])
-    assert np.allclose(read_motion(path, (32, 48), units="normalized"), pixels * np.array([48, 32])[:, None, None])
+    assert torch.equal(read_motion(path, (32, 48), sign=(1.0, -1.0)), pixels * torch.tensor([1.0, -1.0]).view(2, 1, 1))
+    assert torch.allclose(read_motion(path, (32, 48), units="normalized"), pixels * torch.tensor([48.0, 32.0]).view(2, 1, 1))
 
 
 def test_invalid_depth_is_masked_not_a_million_metres(tmp_path):

@@ -196,7 +196,7 @@ class SimPhysicsDataset(Dataset):
         c = self.cfg
 
         def step(k: int) -> torch.Tensor:
-            return torch.from_numpy(read_motion(files.motion[k], shape, c.motion_units, tuple(c.motion_sign)))
+            return read_motion(files.motion[k], shape, c.motion_units, tuple(c.motion_sign))
 
         targets = picks[::c.target_stride]
         out = [torch.zeros(2, *shape)]

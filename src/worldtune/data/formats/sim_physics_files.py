@@ -23,6 +23,7 @@ never turned into 1e6 metres as the original did.
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,18 +109,20 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def read_motion(path: Path, shape: tuple[int, int], units: str = "pixels",
-                sign: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+                sign: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
     """[2, H, W] float32 motion (dx, dy) in pixels of the recording, in our convention. An empty
     file (some recorders write one for the first step) is no motion."""
     mv = _read_npy(path)
     if mv.size == 0:
-        return np.zeros((2, *shape), np.float32)
+        return torch.zeros(2, *shape)
     if mv.ndim != 3 or mv.shape[:2] != shape or mv.shape[2] != 4:
         raise BadScene(path, f"motion vectors must be (H, W, 4) = ({shape[0]}, {shape[1]}, 4), got {mv.shape}")
-    motion = np.nan_to_num(mv[..., :2].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0).transpose(2, 0, 1)
-    if units == "normalized":
-        motion = motion * np.array([shape[1], shape[0]], np.float32)[:, None, None]
-    return motion * np.asarray(sign, np.float32)[:, None, None]
+    motion = torch.from_numpy(np.ascontiguousarray(mv[..., :2].transpose(2, 0, 1), dtype=np.float32))  # one copy
+    motion = motion.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    scale = [s * (n if units == "normalized" else 1.0) for s, n in zip(sign, (shape[1], shape[0]), strict=True)]
+    if scale != [1.0, 1.0]:
+        motion *= torch.tensor(scale).view(2, 1, 1)
+    return motion
 
 
 def read_depth(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -146,21 +149,41 @@ def accumulate_motion(steps: list[torch.Tensor]) -> torch.Tensor:
     """The displacement from the frame before `steps[0]` to the frame of `steps[-1]`, on the last
     frame's grid, from per-step motion (each [2, H, W], frame k's grid, motion since frame k-1):
     each pixel is followed back step by step (sampling each step's motion where it is then)."""
-    last = steps[-1]
-    h, w = last.shape[1:]
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    origin = torch.stack([xs, ys])
-    position = origin.clone()
+    h, w = steps[-1].shape[1:]
+    origin = pixel_grid(h, w)
+    position = origin.clone().view(2, -1)
     for step in reversed(steps):
-        position = position - sample_at(step, position)
-    return origin - position
+        box = _moving_box(step)
+        if box is None:  # nothing moved in this step: every position stays
+            continue
+        (x0, y0), (x1, y1) = box
+        near = (position[0] > x0) & (position[0] < x1) & (position[1] > y0) & (position[1] < y1)
+        if near.any():  # only points that can sample a nonzero motion move (bilinear: within a pixel)
+            points = position[:, near].view(2, 1, -1)
+            position[:, near] = position[:, near] - sample_at(step, points).view(2, -1)
+    return origin - position.view(2, h, w)
+
+
+def _moving_box(step: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """((x0, y0), (x1, y1)) one pixel around where the step's motion is nonzero, or None."""
+    moving = (step != 0).any(0)
+    if not moving.any():
+        return None
+    rows, cols = moving.any(1).nonzero(), moving.any(0).nonzero()
+    return (int(cols[0]) - 1, int(rows[0]) - 1), (int(cols[-1]) + 1, int(rows[-1]) + 1)
 
 
 def warp_back(frame: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
     """Frame a [C, H, W] seen on frame b's grid through the motion a -> b (on b's grid): b(p) ~ a(p - m(p))."""
     h, w = frame.shape[1:]
+    return sample_at(frame, pixel_grid(h, w).to(motion.device) - motion)
+
+
+@functools.lru_cache(maxsize=8)
+def pixel_grid(h: int, w: int) -> torch.Tensor:
+    """[2, h, w] pixel coordinates (x, y), read-only (shared between calls)."""
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    return sample_at(frame, torch.stack([xs, ys]) - motion)
+    return torch.stack([xs, ys])
 
 
 # ------------------------------------------------------------------------------- geometry
