@@ -139,3 +139,20 @@ def test_trained_depth_head_beats_the_clip_median_on_held_out_scenes(tmp_path):
     assert result["scenes"] == 2
     assert m["depth/abs_rel"] < 0.5 * m["depth/median_abs_rel"], m
     assert m["depth/delta1"] > m["depth/median_delta1"] + 0.3, m
+
+
+def test_the_seed_flags():
+    from worldtune.config import ConfigError, seed_flag_overrides
+
+    config, overrides = seed_flag_overrides([
+        "--config", str(TINY), "--dataset_base_path", "/scenes", "--dataset_metadata_path", "meta.csv",
+        "--dataset_preset", "magic_physics", "--training_mode", "heads_only", "--motion_loss_weight", "0.5",
+        "--warp_loss_weight", "0.2", "--save_steps", "500", "--gradient_accumulation_steps", "8", "--num_frames", "49"])
+    cfg = load_config(config, overrides)
+    assert (cfg.data.dataset_base_path, cfg.data.dataset_metadata_path, cfg.data.dataset_preset) == (
+        "/scenes", "meta.csv", "magic_physics")
+    assert cfg.train.trainable_models == "heads" and cfg.loss.motion_loss_weight == 0.5 and cfg.loss.warp_loss_weight == 0.2
+    assert cfg.checkpoint.every_steps == 500 and cfg.train.gradient_accumulation == 8 and cfg.data.num_frames == 49
+    assert cfg.data.folders() == ("rgb_capture", "motion_vectors_capture", "distance_to_camera_capture")
+    with pytest.raises(ConfigError, match="--training_mode: one of heads_only, lora, full"):
+        seed_flag_overrides(["--training_mode", "everything"])

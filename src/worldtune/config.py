@@ -87,6 +87,20 @@ SEED_FLAGS: dict[str, str] = {
     "cpu_offload": "vram_optimization.cpu_offload",
     "offload_optimizer": "vram_optimization.offload_optimizer",
     "compile_model": "dist.compile_blocks",
+    # seed 4's train_wan22_ti2v_motion_depth.py
+    "dataset_metadata_path": "data.dataset_metadata_path",
+    "dataset_preset": "data.dataset_preset",
+    "motion_loss_weight": "loss.motion_loss_weight",
+    "depth_loss_weight": "loss.depth_loss_weight",
+    "warp_loss_weight": "loss.warp_loss_weight",
+    "lora_rank": "model.lora_rank",
+    "save_steps": "checkpoint.every_steps",
+    "gradient_accumulation_steps": "train.gradient_accumulation",
+    "num_frames": "data.num_frames",
+}
+# Flags whose values are spelled differently: flag -> (our key, {their value: ours}).
+SEED_VALUE_FLAGS: dict[str, tuple[str, dict[str, str]]] = {
+    "training_mode": ("train.trainable_models", {"heads_only": "heads", "lora": "lora,heads", "full": "dit,heads"}),
 }
 # Flags that take no value, and the override each stands for.
 SEED_SWITCHES: dict[str, str] = {
@@ -129,6 +143,11 @@ def seed_flag_overrides(args: Sequence[str]) -> tuple[str | None, list[str]]:
         i += 1 if inline else 2
         if name == "config":
             config = value
+        elif name in SEED_VALUE_FLAGS:
+            key, values = SEED_VALUE_FLAGS[name]
+            if value not in values:
+                raise ConfigError(f"--{name}: one of {', '.join(values)}; got {value!r}")
+            overrides.append(f"{key}={values[value]}")
         elif name in SEED_FLAGS or "." in name:
             overrides.append(f"{SEED_FLAGS.get(name, name)}={value}")
         else:
