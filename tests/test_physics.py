@@ -156,3 +156,15 @@ def test_the_seed_flags():
     assert cfg.data.folders() == ("rgb_capture", "motion_vectors_capture", "distance_to_camera_capture")
     with pytest.raises(ConfigError, match="--training_mode: one of heads_only, lora, full"):
         seed_flag_overrides(["--training_mode", "everything"])
+
+
+def test_torchrun_two_ranks_run_both_stages(scenes, tmp_path):
+    """FSDP2 over 2 ranks (the model returns velocity, motion and depth together); export reads the
+    sharded checkpoint."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "worldtune.cli", "train",
+               str(TINY), f"data.dataset_base_path={scenes}", f"output_dir={run}", "train.batch_size=1",
+               "validation.every_steps=0"]
+    subprocess.run(command, env=subprocess_env(), check=True, capture_output=True, timeout=300)
+    assert max(step_metric(run)) == 6 and all(np.isfinite(v) for v in step_metric(run, "train/motion_loss").values())
+    assert main(["export", str(run)]) == 0 and (run / "export" / "final" / "lora_weights.pth").is_file()
