@@ -168,3 +168,20 @@ def test_torchrun_two_ranks_run_both_stages(scenes, tmp_path):
     subprocess.run(command, env=subprocess_env(), check=True, capture_output=True, timeout=300)
     assert max(step_metric(run)) == 6 and all(np.isfinite(v) for v in step_metric(run, "train/motion_loss").values())
     assert main(["export", str(run)]) == 0 and (run / "export" / "final" / "lora_weights.pth").is_file()
+
+
+def test_targets_pooled_to_the_latent_grid(scenes):
+    """`model.full_res_heads: false`: the targets come down to the heads' grid instead (motion averaged
+    per cell in frame pixels, depth the geometric mean of the valid pixels)."""
+    from worldtune.systems.physics.recipe import RECIPE, at_latent_grid
+
+    cfg = load_config(TINY, [f"data.dataset_base_path={scenes}", "model.full_res_heads=false", "model.lora_rank=0"])
+    parts = RECIPE.build(cfg)
+    items = [parts.train_dataset[i] for i in range(2)]
+    batch = {k: torch.stack([it[k] for it in items]) if isinstance(items[0][k], torch.Tensor) else [it[k] for it in items]
+             for k in items[0]}
+    pooled = at_latent_grid(batch, (4, 4))
+    assert pooled["motion"].shape == (2, 2, 3, 4, 4) and pooled["depth"].shape == (2, 1, 3, 4, 4)
+    assert torch.allclose(pooled["motion"].mean((-1, -2)), batch["motion"].mean((-1, -2)), atol=1e-5)  # means kept
+    losses = RECIPE.loss(parts, batch)
+    assert all(torch.isfinite(v) for v in losses.values())
