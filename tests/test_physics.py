@@ -185,3 +185,16 @@ def test_targets_pooled_to_the_latent_grid(scenes):
     assert torch.allclose(pooled["motion"].mean((-1, -2)), batch["motion"].mean((-1, -2)), atol=1e-5)  # means kept
     losses = RECIPE.loss(parts, batch)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_balanced_motion_loss_weighs_moving_and_still_pixels_alike():
+    from worldtune.systems.physics.losses import motion_loss
+
+    target = torch.zeros(1, 2, 2, 4, 4)
+    target[:, 0, 1, :1, :1] = 4.0  # one moving pixel of 16 in frame 1
+    pred = torch.zeros_like(target)
+    valid = torch.tensor([[False, True]])
+    assert torch.isclose(motion_loss(pred, target, valid, "epe"), torch.tensor(4.0 / 16), atol=1e-4)
+    assert torch.isclose(motion_loss(pred, target, valid, "epe", balanced=True), torch.tensor(2.0), atol=1e-4)
+    none = torch.zeros(1, 2, dtype=torch.bool)
+    assert motion_loss(pred, target, none, "epe", balanced=True) == 0  # nothing counted: no loss, no NaN

@@ -28,14 +28,23 @@ class PhysicsLossConfig:
     warp_loss_weight: float = 0.1
     # epe (end-point error, pixels) | l1 | mse
     motion_loss: str = "epe"
+    # Moving and still pixels weigh alike in the motion loss (see losses.motion_loss).
+    motion_balanced: bool = False
     # silog (scale-invariant log) | l1 | mse, on log depth over valid pixels
     depth_loss: str = "silog"
     silog_lambda: float = 0.85
+    # The heads learn from clips noised at most this much (they are read at model.eval_timestep):
+    # with the video loss off, sigma is drawn in [0, heads_max_sigma]; with it on, the head losses
+    # count only for the samples drawn below it. Through heavy noise motion cannot be seen, and an
+    # L1-like loss then pulls every prediction to no motion.
+    heads_max_sigma: float = 1.0
     # The video flow-matching loss: auto = on while the DiT (or its LoRA) trains, off in stage 1.
     video_loss: str = "auto"
     video_loss_weight: float = 1.0
 
     def check(self) -> None:
+        if not 0 < self.heads_max_sigma <= 1:
+            raise ConfigError(f"loss.heads_max_sigma must be in (0, 1], got {self.heads_max_sigma}")
         for key, value, choices in (("motion_loss", self.motion_loss, ("epe", "l1", "mse")),
                                     ("depth_loss", self.depth_loss, ("silog", "l1", "mse")),
                                     ("video_loss", self.video_loss, ("auto", "on", "off"))):

@@ -24,13 +24,22 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def motion_loss(pred: torch.Tensor, target: torch.Tensor, frame_valid: torch.Tensor, kind: str) -> torch.Tensor:
-    """pred / target [B, 2, T, H, W]; frame_valid [B, T]."""
+def motion_loss(pred: torch.Tensor, target: torch.Tensor, frame_valid: torch.Tensor, kind: str,
+                balanced: bool = False) -> torch.Tensor:
+    """pred / target [B, 2, T, H, W]; frame_valid [B, T]. `balanced`: the mean over moving pixels
+    (over half a pixel) and the mean over still ones count alike, so that a few moving pixels are
+    not outvoted by a still background (which pulls an L1-like loss to predicting no motion)."""
     mask = frame_valid[:, None, :, None, None]
     if kind == "epe":
-        return _masked_mean((pred - target).square().sum(1, keepdim=True).add(1e-9).sqrt(), mask)
-    diff = pred - target
-    return _masked_mean(diff.abs() if kind == "l1" else diff.square(), mask)
+        error = (pred - target).square().sum(1, keepdim=True).add(1e-9).sqrt()
+    else:
+        diff = pred - target
+        error = diff.abs() if kind == "l1" else diff.square()
+    if not balanced:
+        return _masked_mean(error, mask)
+    moving = target.square().sum(1, keepdim=True) > 0.25
+    parts = [_masked_mean(error, mask & m) for m in (moving, ~moving) if bool((mask & m).any())]
+    return torch.stack(parts).mean() if parts else error.sum() * 0
 
 
 def end_point_error(pred: torch.Tensor, target: torch.Tensor, frame_valid: torch.Tensor) -> torch.Tensor:
@@ -46,7 +55,9 @@ def depth_loss(log_pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor,
         return _masked_mean(d.square(), valid)
     count = valid.flatten(1).sum(1).clamp(min=1)  # scale-invariant log error per clip (Eigen et al.)
     mean_sq, mean = d.square().flatten(1).sum(1) / count, d.flatten(1).sum(1) / count
-    return (mean_sq - lam * mean.square()).clamp(min=0).mean()
+    per_clip = (mean_sq - lam * mean.square()).clamp(min=0)
+    has = valid.flatten(1).any(1)  # clips without a valid pixel (or not counted) do not dilute the mean
+    return per_clip[has].mean() if bool(has.any()) else per_clip.sum() * 0
 
 
 def warp_loss(log_pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:

@@ -125,19 +125,29 @@ class PhysicsRecipe(Recipe):
 
     def loss(self, parts: Parts, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg = parts.cfg.loss
-        x0, noise, out = self.forward(parts, batch)
+        video_on = self.video_loss_on(parts)
+        batch_size = batch["video"].shape[0]
+        sigma = parts.cfg.model.timestep.sample(batch_size, device=batch["video"].device)
+        if not video_on:  # only the heads learn: draw the noise they learn from
+            sigma = sigma * cfg.heads_max_sigma
+        x0, noise, out = self.forward(parts, batch, sigma=sigma)
         if not parts.cfg.model.full_res_heads:
             batch = at_latent_grid(batch, tuple(out.motion.shape[-2:]))
         motion, log_depth = self.heads_at_targets(parts, out, batch)
+        seen = sigma <= cfg.heads_max_sigma  # [B]: the samples the head losses count
+        if not bool(seen.all()):
+            batch = {**batch, "motion_valid": batch["motion_valid"] & seen[:, None],
+                     "depth_valid": batch["depth_valid"] & seen.view(-1, 1, 1, 1, 1)}
         terms = {
-            "motion_loss": motion_loss(motion, batch["motion"], batch["motion_valid"], cfg.motion_loss),
+            "motion_loss": motion_loss(motion, batch["motion"], batch["motion_valid"], cfg.motion_loss,
+                                       cfg.motion_balanced),
             "depth_loss": depth_loss(log_depth, batch["depth"], batch["depth_valid"], cfg.depth_loss, cfg.silog_lambda),
             "warp_loss": warp_loss(log_depth, batch["depth"], batch["depth_valid"], batch["motion"]),
         }
         total = (cfg.motion_loss_weight * terms["motion_loss"] + cfg.depth_loss_weight * terms["depth_loss"]
                  + cfg.warp_loss_weight * terms["warp_loss"])
         mse = flow_matching_loss(out.sample, x0, noise, mask=ti2v_loss_mask(x0.shape, device=x0.device))
-        if self.video_loss_on(parts):
+        if video_on:
             total = total + cfg.video_loss_weight * mse
         metrics = {k: v.detach() for k, v in terms.items()}
         metrics["motion_epe"] = end_point_error(motion.detach(), batch["motion"], batch["motion_valid"])
