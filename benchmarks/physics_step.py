@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ def side(args) -> dict:
     import torch
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from memory import peak_rss, reset_peak_rss
+    from memory import measure_step
 
     from worldtune.diffusion.flow_matching import flow_matching_loss
     from worldtune.models.lora import LoraSettings, add_lora
@@ -97,29 +96,14 @@ def side(args) -> dict:
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        reset_peak_rss()
-        base = peak_rss()
-    times = [step() for _ in range(args.steps)]
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()) - base
-    return {"step_s": statistics.median(times), "peak_bytes": max(peak, 1)}
+    return measure_step(step, device, args.steps)
 
 
 def run_steps(args) -> None:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for round_index in range(args.rounds):
-        for variant in VARIANTS if round_index % 2 == 0 else tuple(reversed(VARIANTS)):
-            command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-            proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-            if proc.returncode:
-                raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
-            results[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    med = {v: {k: statistics.median(r[k] for r in rs) for k in ("step_s", "peak_bytes")} for v, rs in results.items()}
+    sys.path.insert(0, os.path.dirname(__file__))
+    from memory import run_variants
+
+    med = run_variants(__file__, sys.argv[1:], VARIANTS, args.rounds)
     print(f"Sim-Physics step, {args.size} DiT, {args.frames} frames at {args.resolution}^2, {args.device}; "
           f"medians over {args.rounds} rounds")
     for v in VARIANTS:
@@ -169,7 +153,7 @@ def run_data(args) -> None:
     rate = {k: len(dataset) / statistics.median(v) for k, v in times.items()}
     print(f"Sim-Physics data, {len(dataset)} scenes, {args.frames} of {frames} frames at {args.resolution}^2")
     print(f"  loader (targets chained, resized, masked) {rate['loader']:8.2f} samples/s")
-    print(f"  bare PNG + npy of the sampled frames      {rate['bare']:8.2f} samples/s")
+    print(f"  bare PNG + npy of the same files          {rate['bare']:8.2f} samples/s")
     print(f"samples/s ratio loader/bare: {rate['loader'] / rate['bare']:.3f}")
 
 

@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import time
 
@@ -69,7 +67,7 @@ def side(args) -> dict:
     import torch
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from memory import peak_rss, reset_peak_rss
+    from memory import measure_step
 
     from worldtune.config import DistConfig
     from worldtune.models.wan.factory import build_wan
@@ -108,16 +106,7 @@ def side(args) -> dict:
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    step()  # warm-up: AdamW state exists from here on
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        reset_peak_rss()
-        base = peak_rss()
-    times = [step() for _ in range(args.steps)]
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()) - base
-    return {"step_s": statistics.median(times), "peak_bytes": max(peak, 1)}
+    return measure_step(step, device, args.steps)
 
 
 def main() -> int:
@@ -137,16 +126,10 @@ def main() -> int:
     if args.variant:
         print(json.dumps(side(args)))
         return 0
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for round_index in range(args.rounds):
-        for variant in VARIANTS if round_index % 2 == 0 else tuple(reversed(VARIANTS)):
-            command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-            proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-            if proc.returncode:
-                raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
-            results[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    med = {v: {k: statistics.median(r[k] for r in rs) for k in ("step_s", "peak_bytes")} for v, rs in results.items()}
+    sys.path.insert(0, os.path.dirname(__file__))
+    from memory import run_variants
+
+    med = run_variants(__file__, sys.argv[1:], VARIANTS, args.rounds)
     print(f"VACE-E training step, {args.size} size, batch {args.batch}, {args.frames} frames {args.height}x{args.width}, "
           f"{args.device}; medians over {args.rounds} rounds")
     for v in VARIANTS:

@@ -25,6 +25,8 @@ from worldtune.data.cache import CachedDataset, CacheMissError, LatentCache, bui
 from worldtune.data.errors import DataError
 from worldtune.data.formats.episode_files import BadEpisode
 from worldtune.data.formats.episode_index import ManifestError
+from worldtune.data.formats.sim_physics_files import BadScene
+from worldtune.data.formats.vace_e_files import BadRecording as VaceEBadRecording
 from worldtune.data.video import VideoError
 from worldtune.systems.ctrl_world.convert_recording import BadRecording
 from worldtune.systems.ctrl_world.dataset import BadCtrlWorldSample
@@ -66,7 +68,9 @@ def assert_one_error_line(result: subprocess.CompletedProcess, prefix: str) -> s
     BadCtrlWorldSample("ep_7", "/meta/ep_7.json", "annotation file not found"),
     VideoError("/data/episodes/ep_0001/video.mp4: cannot open as a video (bad: data)"),
     ManifestError("/data/manifest.json: malformed JSON (line 1)"),
-], ids=lambda e: type(e).__name__)
+    VaceEBadRecording("/d/task/episode_0/episode_0_hand_trajectories.hdf5", "no 'right_wrist' group"),
+    BadScene("/scenes/test_ball/env_0/0/0/distance_to_camera", "every depth value of the clip is invalid"),
+], ids=lambda e: f"{type(e).__module__.rsplit('.', 1)[-1]}.{type(e).__name__}")
 def test_every_data_error_names_the_file_and_survives_pickling(error):
     error.add_note("a note")
     copy = pickle.loads(pickle.dumps(error))
@@ -195,3 +199,19 @@ def test_missing_local_model_folder_is_one_line(tmp_path):
     result = run_cli("inspect", str(REPO / "configs/ctrl_world/flexiv.yaml"), f"model.svd_path={missing}")
     line = assert_one_error_line(result, "worldtune: error: ")
     assert f"{missing / 'unet'}: no config.json (model.svd_path must be an SVD folder" in line
+
+
+def test_physics_training_with_workers_names_the_scene_without_valid_depth(tmp_path):
+    from sim_physics_fixtures import write_scene
+
+    scenes = tmp_path / "scenes"
+    for i in range(3):
+        write_scene(scenes, f"test_scene_{i}/env_0/0/0", frames=12, size=(64, 64))
+    depth_dir = scenes / "test_scene_1/env_0/0/0/distance_to_camera"
+    for path in depth_dir.glob("*.npy"):  # the scan checks folders and counts: only reading finds out
+        np.save(path, np.full((64, 64), np.inf, np.float32))
+    result = run_cli("train", str(REPO / "configs/physics/tiny.yaml"), f"data.dataset_base_path={scenes}",
+                     f"output_dir={tmp_path / 'run'}", "train.num_workers=2", "train.batch_size=1",
+                     "log.progress_bar=false", "validation.every_steps=0")
+    line = assert_one_error_line(result, f"worldtune: error: {depth_dir}: ")
+    assert line.endswith("every depth value of the clip is invalid (0, inf or NaN)")

@@ -78,8 +78,11 @@ def test_stages_kill_resume_export_reload_eval_generate(scenes, tmp_path):
     assert lora and all(".lora_" in k and k.startswith("blocks.") for k in lora)
     from worldtune.systems.physics.recipe import RECIPE
 
-    reloaded = RECIPE.build_models(load_config(TINY, [*overrides, f"model.pt_dir={final}"])).model.state_dict()
+    model = RECIPE.build_models(load_config(TINY, [*overrides, f"model.pt_dir={final}"])).model
+    reloaded = model.state_dict()
     assert all(torch.equal(reloaded[k], stage2[k]) for k in stage2 if k.startswith(HEADS) or ".lora_" in k)
+    out = model(torch.randn(1, 48, 3, 4, 4), torch.tensor([300.0]), torch.randn(1, 32, 32))  # and it runs
+    assert out.motion.shape == (1, 2, 3, 4, 4) and torch.isfinite(out.log_depth).all()
 
     report_path = tmp_path / "eval.json"
     assert main(["eval", "physics", str(run), "--split", "all", "--json", str(report_path),

@@ -89,6 +89,8 @@ def test_a_loaded_base_is_copied_into_the_branch_and_lora_stays_on_the_dit(tmp_p
     assert torch.equal(model.blocks[3].self_attn.q.base_layer.weight, base.blocks[3].self_attn.q.weight)
     adapted = lora_modules(model)
     assert adapted and all(name.startswith("blocks.") for name in adapted)
+    args, control = inputs()
+    assert torch.isfinite(model(*args, vace_context=control, vace_e=condition())).all()  # the loaded model runs
 
 
 def test_the_seed_yaml_keys_and_flags(tmp_path):
@@ -247,7 +249,7 @@ def test_the_trained_model_follows_the_hand_motion(tmp_path):
     assert metrics["task_alignment/psnr_gain"] > 1.0, metrics
 
 
-def test_offloaded_encoders_and_activations_give_the_same_step(episodes, tmp_path):
+def test_offloaded_encoders_and_activations_give_the_same_step(episodes, tmp_path, monkeypatch):
     """vram_optimization.cpu_offload keeps the encoders out of `frozen` (the trainer does not move
     them) and use_gradient_checkpointing_offload keeps saved activations on the CPU: same numbers."""
     from worldtune.config import DistConfig
@@ -268,11 +270,22 @@ def test_offloaded_encoders_and_activations_give_the_same_step(episodes, tmp_pat
         loss.backward()
         return parts, loss.detach(), parts.model.head.head.weight.grad.clone()
 
+    packed: list[int] = []  # activations that went through save_on_cpu's pack hook
+    original = torch.autograd.graph.save_on_cpu
+
+    class CountingSaveOnCpu(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pack = self.pack_hook
+            self.pack_hook = lambda tensor: (packed.append(1), pack(tensor))[1]
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", CountingSaveOnCpu)
     plain, loss, grad = one_step([], False)
+    assert not packed
     assert set(plain.frozen) == {"vae", "text_encoder", "clip"}
     offloaded, loss2, grad2 = one_step(["vram_optimization.enabled=true", "vram_optimization.cpu_offload=true"], True)
     assert offloaded.frozen == {} and set(offloaded.extras["encoders"]) == {"vae", "text_encoder", "clip"}
-    assert torch.equal(loss, loss2) and torch.equal(grad, grad2)
+    assert torch.equal(loss, loss2) and torch.equal(grad, grad2) and len(packed) > 100
 
 
 def test_torchrun_two_ranks_copy_the_loaded_blocks_and_train(episodes, base, tmp_path):

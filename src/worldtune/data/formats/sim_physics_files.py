@@ -139,10 +139,13 @@ def read_depth(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarr
 # ------------------------------------------------------------------------------- motion
 
 def sample_at(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of field [C, H, W] at pixel positions points [2, H', W'] (x, y), border-held."""
-    _, h, w = field.shape
-    grid = torch.stack([points[0] / max(w - 1, 1) * 2 - 1, points[1] / max(h - 1, 1) * 2 - 1], dim=-1)
-    return F.grid_sample(field[None], grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
+    """Bilinear samples of field [(N,) C, H, W] at pixel positions points [(N,) 2, H', W'] (x, y),
+    border-held."""
+    if field.ndim == 3:
+        return sample_at(field[None], points[None])[0]
+    h, w = field.shape[-2:]
+    grid = torch.stack([points[:, 0] / max(w - 1, 1) * 2 - 1, points[:, 1] / max(h - 1, 1) * 2 - 1], dim=-1)
+    return F.grid_sample(field, grid.to(field.dtype), mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def accumulate_motion(steps: list[torch.Tensor]) -> torch.Tensor:
@@ -174,8 +177,9 @@ def _moving_box(step: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]] |
 
 
 def warp_back(frame: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
-    """Frame a [C, H, W] seen on frame b's grid through the motion a -> b (on b's grid): b(p) ~ a(p - m(p))."""
-    h, w = frame.shape[1:]
+    """Frame a [(N,) C, H, W] seen on frame b's grid through the motion a -> b [(N,) 2, H, W] (on b's
+    grid): b(p) ~ a(p - m(p))."""
+    h, w = frame.shape[-2:]
     return sample_at(frame, pixel_grid(h, w).to(motion.device) - motion)
 
 

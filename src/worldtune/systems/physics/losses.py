@@ -61,16 +61,18 @@ def depth_loss(log_pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor,
 
 
 def warp_loss(log_pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
-    """|warp(pred log depth of frame k-1 by the true motion k-1 -> k) - true log depth of frame k|."""
-    if log_pred.shape[2] < 2:
+    """|warp(pred log depth of frame k-1 by the true motion k-1 -> k) - true log depth of frame k|,
+    every (clip, k) pair in one batched warp."""
+    b, _, t, h, w = log_pred.shape
+    if t < 2:
         return log_pred.new_zeros(())
-    losses = []
-    for b in range(log_pred.shape[0]):
-        for k in range(1, log_pred.shape[2]):
-            carried = warp_back(log_pred[b, :, k - 1], motion[b, :, k])
-            target = depth[b, :, k].clamp(min=1e-6).log()
-            losses.append(_masked_mean((carried - target).abs(), valid[b, :, k]))
-    return torch.stack(losses).mean()
+
+    def pairs(x: torch.Tensor, frames: slice) -> torch.Tensor:  # [B, C, T, H, W] -> [B*(T-1), C, H, W]
+        return x[:, :, frames].transpose(1, 2).flatten(0, 1)
+
+    carried = warp_back(pairs(log_pred, slice(0, t - 1)), pairs(motion, slice(1, t)).to(log_pred.dtype))
+    target = pairs(depth, slice(1, t)).clamp(min=1e-6).log()
+    return _masked_mean((carried - target).abs(), pairs(valid, slice(1, t)))
 
 
 def depth_metrics(log_pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
