@@ -49,10 +49,11 @@ def write_scene(root: Path, scene: str = "test_ball_collide/env_0/0/0", frames: 
 
 
 def write_ground_scene(root: Path, scene: str, frames: int, size: int, velocity: tuple[int, int],
-                       start: tuple[int, int], square: int = 24) -> Path:
-    """A textured box sliding over a ground plane: depth grows with the row (2 m at the bottom,
-    8 m at the top) and the ground's shade with it, so appearance says how far; its tint changes
-    along x, so that appearance also says where; the box is 1.5 m."""
+                       start: tuple[int, int], square: int = 24, colour: tuple[int, int, int] | None = None,
+                       tint: bool = True) -> Path:
+    """A textured box (or one of a plain `colour`) sliding over a ground plane: depth grows with the
+    row (2 m at the bottom, 8 m at the top) and the ground's shade with it, so appearance says how
+    far; its tint changes along x, so that appearance also says where; the box is 1.5 m."""
     from PIL import Image
 
     base = root / scene
@@ -61,14 +62,14 @@ def write_ground_scene(root: Path, scene: str, frames: int, size: int, velocity:
     ys, xs = np.mgrid[0:size, 0:size]
     ground_depth = 8.0 - 6.0 * ys / (size - 1)
     shade = (40 + 160 * (ys / (size - 1))).astype(np.uint8)
-    tint = (40 + 160 * (xs / (size - 1))).astype(np.uint8)  # where along x: the DiT has no absolute position
-    ground = np.stack([shade, shade, tint], -1)
+    blue = (40 + 160 * (xs / (size - 1))).astype(np.uint8) if tint else shade  # where along x: RoPE is relative
+    ground = np.stack([shade, shade, blue], -1)
     for k in range(frames):
         x0, y0 = square_origin(k, start, velocity)
         inside = (xs >= x0) & (xs < x0 + square) & (ys >= y0) & (ys < y0 + square)
         rgb = ground.copy()
         pattern = np.stack([200 + 3 * (xs - x0), 60 + 8 * (ys - y0), np.full_like(xs, 40)], -1)
-        rgb[inside] = np.clip(pattern, 0, 255)[inside].astype(np.uint8)
+        rgb[inside] = np.clip(pattern, 0, 255)[inside].astype(np.uint8) if colour is None else colour
         Image.fromarray(rgb).save(base / "rgb" / f"step_{k:04d}.png")
         motion = np.zeros((size, size, 4), np.float32)
         if k > 0:
@@ -85,4 +86,19 @@ def write_ground_dataset(root: Path, scenes: int, frames: int = 12, size: int = 
         velocity = tuple(int(v) for v in rng.integers(-2, 3, size=2))
         start = tuple(int(s) for s in rng.integers(12, size - 36, size=2))
         write_ground_scene(root, f"test_slide_{i:02d}/env_0/0/0", frames, size, velocity, start)
+    return root
+
+
+# Boxes whose colour says which way they slide: red right, green left, blue down, yellow up.
+COLOURED_SLIDES = (((2, 0), (220, 40, 40)), ((-2, 0), (40, 200, 60)), ((0, 2), (50, 70, 230)), ((0, -2), (230, 210, 40)))
+
+
+def write_coloured_dataset(root: Path, scenes: int, frames: int = 12, size: int = 64, seed: int = 0) -> Path:
+    """Scene i slides as COLOURED_SLIDES[i % 4] says: the direction can be read from one frame."""
+    rng = np.random.default_rng(seed)
+    for i in range(scenes):
+        velocity, colour = COLOURED_SLIDES[i % len(COLOURED_SLIDES)]
+        start = tuple(int(s) for s in rng.integers(14, size - 38, size=2))
+        write_ground_scene(root, f"test_slide_{i:02d}/env_0/0/0", frames, size, velocity, start, colour=colour,
+                           tint=False)
     return root

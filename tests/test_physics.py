@@ -88,7 +88,7 @@ def test_stages_kill_resume_export_reload_eval_generate(scenes, tmp_path):
     assert main(["eval", "physics", str(run), "--split", "all", "--json", str(report_path),
                  "--videos", str(tmp_path / "videos")]) == 0
     metrics = json.loads(report_path.read_text())["metrics"]
-    assert {"motion/epe", "motion/zero_epe", "depth/abs_rel", "depth/delta1", "depth/median_abs_rel",
+    assert {"motion/epe", "motion/zero_epe", "motion/epe_still", "depth/abs_rel", "depth/delta1", "depth/median_abs_rel",
             "depth/median_delta1", "video/mse_loss", "video/base_mse_loss"} <= set(metrics)
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 3
 
@@ -120,26 +120,32 @@ def test_prepare_metadata_command(scenes, tmp_path):
     assert rows[0]["prompt"] == "A physics simulation of scene 0"
 
 
-def test_trained_depth_head_beats_the_clip_median_on_held_out_scenes(tmp_path):
-    """A box sliding over a ground plane whose shade says how far it is; pixels as latents (no
-    trained VAE in between), DiT and heads trained 100 steps. Depth clearly beats each clip's median
-    depth on held-out scenes. (Motion does not beat zero motion at this budget: issue 17's notes.)"""
-    from sim_physics_fixtures import write_ground_dataset
+def test_trained_heads_beat_zero_motion_and_the_clip_median_on_held_out_scenes(tmp_path):
+    """Boxes sliding over a ground plane whose shade says how far it is, each box's colour saying
+    which way it slides; pixels as latents (no trained VAE in between), DiT and heads trained 300
+    steps with the balanced motion loss on lightly noised clips. On held-out scenes the motion beats
+    predicting none on the moving pixels by a clear margin and over all pixels, and depth clearly
+    beats each clip's median. (Reading a direction from the frames alone, with no colour to say it,
+    is beyond this budget: issue 17's notes in docs/architecture.md.)"""
+    from sim_physics_fixtures import write_coloured_dataset
 
-    data = write_ground_dataset(tmp_path / "data", scenes=10, seed=0)
-    held_out = ["test_slide_00", "test_slide_01"]
+    data = write_coloured_dataset(tmp_path / "data", scenes=10)
+    held_out = [f"test_slide_{i:02d}" for i in range(4)]  # one of each colour
     run = tmp_path / "run"
     stages = "train.training_stages"
     train_run(load_config(TINY, [
         f"data.dataset_base_path={data}", f"output_dir={run}", f"data.val_scenes=[{','.join(held_out)}]",
-        "model.vae=pixels:4", "data.target_stride=1", "train.batch_size=4", f"{stages}.stage_1.max_steps=100",
-        f"{stages}.stage_1.trainable_models=dit,heads", f"{stages}.stage_2.max_steps=1", "validation.every_steps=0",
-        "checkpoint.every_steps=0", "log.progress_bar=false"]))
+        "model.vae=pixels:4", "data.target_stride=1", "model.full_res_heads=false", "loss.heads_max_sigma=0.3",
+        "train.batch_size=4", f"{stages}.stage_1.max_steps=300", f"{stages}.stage_1.trainable_models=dit,heads",
+        f"{stages}.stage_2.max_steps=1", "validation.every_steps=0", "checkpoint.every_steps=0",
+        "log.progress_bar=false"]))
     report = tmp_path / "eval.json"
     assert main(["eval", "physics", str(run), "--split", "val", "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     m = result["metrics"]
-    assert result["scenes"] == 2
+    assert result["scenes"] == 4
+    assert m["motion/epe_moving"] < 0.6 * m["motion/zero_epe_moving"], m
+    assert m["motion/epe"] < m["motion/zero_epe"], m
     assert m["depth/abs_rel"] < 0.5 * m["depth/median_abs_rel"], m
     assert m["depth/delta1"] > m["depth/median_delta1"] + 0.3, m
 

@@ -28,8 +28,9 @@ class PhysicsLossConfig:
     warp_loss_weight: float = 0.1
     # epe (end-point error, pixels) | l1 | mse
     motion_loss: str = "epe"
-    # Moving and still pixels weigh alike in the motion loss (see losses.motion_loss).
-    motion_balanced: bool = False
+    # Moving and still pixels weigh alike in the motion loss (see losses.motion_loss). On by default:
+    # with a few moving pixels, the plain mean pulls an end-point error to predicting no motion.
+    motion_balanced: bool = True
     # silog (scale-invariant log) | l1 | mse, on log depth over valid pixels
     depth_loss: str = "silog"
     silog_lambda: float = 0.85

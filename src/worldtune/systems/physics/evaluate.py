@@ -40,8 +40,15 @@ def evaluate(run_dir: str | Path, split: str = "val", videos: str | Path | None 
         row["video/mse_loss"] = _video_loss(trained, batch)
         row["video/base_mse_loss"] = _video_loss(base, batch)
         rows.append(row)
-    metrics = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
+    metrics = _mean_over_scenes(rows)
     return {"run": str(run_dir), "split": split, "scenes": len(rows), "metrics": metrics}
+
+
+def _mean_over_scenes(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the scenes that have it (a scene with nothing moving has no
+    moving-pixel EPE)."""
+    keys = dict.fromkeys(k for r in rows for k in r)
+    return {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}
 
 
 def _parts(cfg, weights, device):
@@ -90,6 +97,9 @@ def table(report: dict[str, Any]) -> str:
     m = report["metrics"]
     lines = [f"Sim-Physics heads on {report['split']} ({report['scenes']} scenes)",
              f"  motion EPE (px)      {m['motion/epe']:9.4f}   zero motion {m['motion/zero_epe']:9.4f}",
+             *([f"    moving pixels      {m['motion/epe_moving']:9.4f}   zero motion {m['motion/zero_epe_moving']:9.4f}"]
+               if "motion/epe_moving" in m else []),
+             f"    still pixels       {m['motion/epe_still']:9.4f}   zero motion    0.0000",
              f"  depth AbsRel         {m['depth/abs_rel']:9.4f}   clip median {m['depth/median_abs_rel']:9.4f}",
              f"  depth delta<1.25     {m['depth/delta1']:9.4f}   clip median {m['depth/median_delta1']:9.4f}",
              f"  video loss           {m['video/mse_loss']:9.4f}   base model  {m['video/base_mse_loss']:9.4f}"]

@@ -37,13 +37,26 @@ def motion_loss(pred: torch.Tensor, target: torch.Tensor, frame_valid: torch.Ten
         error = diff.abs() if kind == "l1" else diff.square()
     if not balanced:
         return _masked_mean(error, mask)
-    moving = target.square().sum(1, keepdim=True) > 0.25
+    moving = moving_pixels(target)
     parts = [_masked_mean(error, mask & m) for m in (moving, ~moving) if bool((mask & m).any())]
     return torch.stack(parts).mean() if parts else error.sum() * 0
 
 
-def end_point_error(pred: torch.Tensor, target: torch.Tensor, frame_valid: torch.Tensor) -> torch.Tensor:
-    return _masked_mean((pred - target).square().sum(1, keepdim=True).sqrt(), frame_valid[:, None, :, None, None])
+MOVING_PX = 0.5  # a pixel "moves" when its true motion is over half a pixel
+
+
+def moving_pixels(target: torch.Tensor) -> torch.Tensor:
+    """[B, 2, T, H, W] motion -> [B, 1, T, H, W] bool: the pixels whose true motion is over MOVING_PX."""
+    return target.square().sum(1, keepdim=True) > MOVING_PX ** 2
+
+
+def end_point_error(pred: torch.Tensor, target: torch.Tensor, frame_valid: torch.Tensor,
+                    pixels: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean end-point error over the valid frames (and, given, the `pixels` [B, 1, T, H, W] only)."""
+    mask = frame_valid[:, None, :, None, None]
+    if pixels is not None:
+        mask = mask & pixels
+    return _masked_mean((pred - target).square().sum(1, keepdim=True).sqrt(), mask)
 
 
 def depth_loss(log_pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, kind: str, lam: float = 0.85) -> torch.Tensor:

@@ -31,6 +31,7 @@ from worldtune.systems.physics.losses import (
     depth_metrics,
     end_point_error,
     motion_loss,
+    moving_pixels,
     upsample,
     warp_loss,
 )
@@ -254,9 +255,18 @@ def at_latent_grid(batch: dict[str, Any], size: tuple[int, int]) -> dict[str, An
 
 
 def head_metrics(motion: torch.Tensor, log_depth: torch.Tensor, batch: dict[str, Any]) -> dict[str, float]:
-    valid = batch["motion_valid"]
-    out = {"motion/epe": float(end_point_error(motion, batch["motion"], valid)),
-           "motion/zero_epe": float(end_point_error(torch.zeros_like(motion), batch["motion"], valid))}
+    """Motion EPE over all pixels, and (as flow benchmarks split it) over the moving and the still
+    ones, each beside predicting no motion (whose EPE on still pixels is 0); depth beside each
+    clip's median. A split with no pixel in the batch is left out."""
+    valid, target = batch["motion_valid"], batch["motion"]
+    moving = moving_pixels(target)
+    out = {}
+    for suffix, pixels in (("", None), ("_moving", moving), ("_still", ~moving)):
+        if pixels is not None and not bool((pixels & valid[:, None, :, None, None]).any()):
+            continue
+        out[f"motion/epe{suffix}"] = float(end_point_error(motion, target, valid, pixels))
+        if suffix != "_still":
+            out[f"motion/zero_epe{suffix}"] = float(end_point_error(torch.zeros_like(motion), target, valid, pixels))
     out.update({f"depth/{k}": v for k, v in depth_metrics(log_depth, batch["depth"], batch["depth_valid"]).items()})
     return out
 
