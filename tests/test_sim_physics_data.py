@@ -10,14 +10,14 @@ import torch
 
 from sim_physics_fixtures import BACKGROUND_DEPTH, SQUARE, SQUARE_DEPTH, square_origin, write_scene
 from worldtune.data.errors import DataError
-from worldtune.data.formats.sim_physics import SimPhysicsDataConfig, SimPhysicsDataset
+from worldtune.data.formats.sim_physics import SimPhysicsDataConfig, SimPhysicsDataset, video_to_unit_range
 from worldtune.data.formats.sim_physics_files import (
     pick_frames,
     read_metadata,
     scene_prompt,
-    warp_back,
     write_metadata,
 )
+from worldtune.data.formats.sim_physics_motion import warp_back
 
 SCENE = "test_ball_collide/env_0/0/0"
 
@@ -53,6 +53,7 @@ def test_motion_is_accumulated_over_the_gap_and_warps_one_frame_onto_the_next(tm
     picks = item["frame_indices"].tolist()
     assert picks == [0, 2, 5, 7, 10]
     assert item["video"].shape == (3, 5, 32, 32) and item["motion"].shape == (2, 5, 32, 32)
+    video = video_to_unit_range(item["video"])
     assert not item["motion_valid"][0] and item["motion_valid"][1:].all() and not item["motion"][:, 0].any()
     for t in range(1, 5):
         gap = picks[t] - picks[t - 1]
@@ -61,11 +62,11 @@ def test_motion_is_accumulated_over_the_gap_and_warps_one_frame_onto_the_next(tm
         motion = item["motion"][:, t]
         assert torch.allclose(motion[0][inner], torch.tensor(2.0 * gap)) and torch.allclose(motion[1][inner], torch.tensor(1.0 * gap))
         assert not motion[:, :3, 24:].any()  # the static background does not move
-        warped = warp_back(item["video"][:, t - 1], motion)
-        assert torch.allclose(warped[(slice(None), *inner)], item["video"][:, t][(slice(None), *inner)], atol=1e-5)
+        warped = warp_back(video[:, t - 1], motion)
+        assert torch.allclose(warped[(slice(None), *inner)], video[:, t][(slice(None), *inner)], atol=1e-5)
         # the original's target (the last step's file alone) would not: it lands `gap - 1` steps short
-        short = warp_back(item["video"][:, t - 1], motion / gap)
-        assert not torch.allclose(short[(slice(None), *inner)], item["video"][:, t][(slice(None), *inner)], atol=0.05)
+        short = warp_back(video[:, t - 1], motion / gap)
+        assert not torch.allclose(short[(slice(None), *inner)], video[:, t][(slice(None), *inner)], atol=0.05)
 
 
 def test_motion_scales_with_resize_and_follows_the_crop(tmp_path):
@@ -78,14 +79,66 @@ def test_motion_scales_with_resize_and_follows_the_crop(tmp_path):
     gap = picks[t] - picks[t - 1]
     motion = item["motion"][:, t, int(cy), int(cx)]
     assert torch.allclose(motion, torch.tensor([1.0 * gap, 1.0 * gap]), atol=0.3)  # 2 px/step at half size
-    assert item["video"][2, t, int(cy), int(cx)] > 0.9  # the square is where its motion is
+    assert item["video"].dtype == torch.uint8 and item["video"][2, t, int(cy), int(cx)] > 242  # the square is where its motion is
     # units and sign conventions of other recorders: one file read three ways
-    from worldtune.data.formats.sim_physics_files import read_motion
+    from worldtune.data.formats.sim_physics_motion import read_motion
 
     path = tmp_path / SCENE / "motion_vectors" / "step_0003.npy"
     pixels = read_motion(path, (32, 48))
     assert torch.equal(read_motion(path, (32, 48), sign=(1.0, -1.0)), pixels * torch.tensor([1.0, -1.0]).view(2, 1, 1))
     assert torch.allclose(read_motion(path, (32, 48), units="normalized"), pixels * torch.tensor([48.0, 32.0]).view(2, 1, 1))
+
+
+def _dense_chain(fields: list[torch.Tensor]) -> torch.Tensor:
+    """The plain definition: every pixel of the last frame followed back through every step's whole
+    field (bilinear, edge held)."""
+    from worldtune.data.formats.sim_physics_motion import pixel_grid, sample_at
+
+    origin = pixel_grid(*fields[-1].shape[1:])
+    position = origin.clone()
+    for field in reversed(fields):
+        position = position - sample_at(field, position)
+    return origin - position
+
+
+def test_motion_chained_where_it_moves_equals_the_whole_field_chain(tmp_path):
+    """The loader reads each step around its moving pixels only; the chained displacement is the
+    one of following every pixel through every whole field: bodies that touch the frame's edge,
+    steps with nothing moving, NaN, and a pixel carried out of one body's patch into another's."""
+    from worldtune.data.formats.sim_physics_motion import accumulate_motion, read_motion, read_motion_patch
+
+    rng = np.random.default_rng(0)
+    h, w = 24, 40
+    paths = []
+    for k, (box, velocity) in enumerate([((3, 5, 9, 12), (1.5, 0.5)), (None, None), ((0, 0, 6, 4), (-2.0, 1.0)),
+                                          ((30, 15, 40, 24), (0.7, -1.3)), ((7, 4, 14, 14), (2.5, 2.0))]):
+        mv = np.zeros((h, w, 4), np.float32)
+        if box is not None:
+            x0, y0, x1, y1 = box
+            mv[y0:y1, x0:x1, :2] = np.asarray(velocity) + rng.normal(0, 0.3, (y1 - y0, x1 - x0, 2))
+        if k == 3:
+            mv[16, 31, 0] = np.nan
+        paths.append(tmp_path / f"step_{k}.npy")
+        np.save(paths[-1], mv)
+    patches = [read_motion_patch(p, (h, w)) for p in paths]
+    assert patches[1] is None and patches[2].top == 0 and patches[2].left == 0
+    chained = accumulate_motion(patches, (h, w))
+    reference = _dense_chain([read_motion(p, (h, w)) for p in paths])
+    assert chained.abs().max() > 2 and torch.isfinite(chained).all()
+    assert torch.allclose(chained, reference, atol=1e-4), (chained - reference).abs().max()
+
+
+def test_a_scene_read_again_gets_its_chained_motion_from_the_cache(tmp_path):
+    write_scene(tmp_path, SCENE, frames=13, size=(32, 48), velocity=(2, 1))
+    dataset = SimPhysicsDataset(config(tmp_path, height=16, width=16))  # resized: the cache holds the source's
+    first = dataset[0]
+    assert dataset.motion_cache.used_bytes > 0
+    for path in (tmp_path / SCENE / "motion_vectors").iterdir():
+        np.save(path, np.zeros(0, np.float32))  # empty arrays are no motion: chaining again would give zeros
+    again = dataset[0]
+    assert first["motion"].abs().max() > 1 and torch.equal(again["motion"], first["motion"])
+    uncached = SimPhysicsDataset(config(tmp_path, height=16, width=16, target_cache_mb=0))
+    assert not uncached[0]["motion"].any() and uncached.motion_cache.used_bytes == 0
 
 
 def test_invalid_depth_is_masked_not_a_million_metres(tmp_path):
@@ -140,6 +193,9 @@ def test_bad_scenes_are_named_or_skipped(tmp_path):
     scene = write_scene(tmp_path, "test_bad/env_0/0/0", frames=6)
     np.save(scene / "motion_vectors" / "step_0003.npy", np.zeros((32, 32, 2), np.float32))
     with pytest.raises(DataError, match=r"step_0003.npy: motion vectors must be \(H, W, 4\)"):
+        SimPhysicsDataset(config(tmp_path))[0]
+    (scene / "motion_vectors" / "step_0003.npy").write_bytes(b"")  # a recorder killed mid-write
+    with pytest.raises(DataError, match=r"step_0003.npy: unreadable .npy"):
         SimPhysicsDataset(config(tmp_path))[0]
     np.save(scene / "motion_vectors" / "step_0003.npy", np.zeros((32, 32, 4), np.float32))
     for k in range(6):

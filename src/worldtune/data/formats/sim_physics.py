@@ -5,8 +5,8 @@ scan of the root when there is none. A clip is `num_frames` frames spread evenly
 (49 of 131), resized to cover `height` x `width` and centre-cropped; motion and depth follow the
 same geometry (motion values scaled with the resize).
 
-An item: `video` [3, T, H, W] in [-1, 1]; targets at the sampled frames 0, s, 2s, ... (s =
-`target_stride`, 4: the frame each Wan latent frame ends on; T' = (T - 1) / s + 1 of them):
+An item: `video` [3, T, H, W] uint8 (`video_to_unit_range` makes it [-1, 1] floats); targets at
+the sampled frames 0, s, 2s, ... (s = `target_stride`, 4: the frame each Wan latent frame ends on; T' = (T - 1) / s + 1 of them):
 `motion` [2, T', H, W] in output pixels, target k's being the displacement since target k-1 on its
 own grid (target 0: zeros, `motion_valid[0]` False); `depth` [1, T', H, W] metres with
 `depth_valid` (invalid pixels 0); `prompt`, `scene`, `frame_indices` (the T sampled frames).
@@ -29,18 +29,17 @@ from worldtune.data.errors import DataError
 from worldtune.data.formats.sim_physics_files import (
     BadScene,
     SceneFiles,
-    accumulate_motion,
     cover_crop,
     find_scenes,
     pick_frames,
     read_depth,
     read_metadata,
-    read_motion,
     read_rgb,
     resize_crop,
     scene_files,
     scene_prompt,
 )
+from worldtune.data.formats.sim_physics_motion import ChainedMotionCache, accumulate_motion, read_motion_patch
 
 logger = logging.getLogger("worldtune")
 
@@ -80,6 +79,9 @@ class SimPhysicsDataConfig:
     val_scenes: list[str] = field(default_factory=list)
     val_ratio: float = 0.1
     split: str = "train"  # train | val | all
+    # Memory (per DataLoader worker) for chained motion targets, so that a scene read again (the
+    # seed's dataset_repeat) is not chained again; 0: off.
+    target_cache_mb: float = 512.0
     on_bad_sample: str = "error"  # error | skip (logged and counted)
 
     def check(self) -> None:
@@ -97,6 +99,8 @@ class SimPhysicsDataConfig:
         if self.target_stride < 1 or (self.num_frames - 1) % self.target_stride:
             raise ConfigError(f"data.num_frames {self.num_frames} must be 1 + a multiple of data.target_stride "
                               f"{self.target_stride} (e.g. 49 with 4)")
+        if self.target_cache_mb < 0:
+            raise ConfigError(f"data.target_cache_mb must be >= 0, got {self.target_cache_mb}")
         if not 0 <= self.val_ratio < 1:
             raise ConfigError(f"data.val_ratio must be in [0, 1), got {self.val_ratio}")
 
@@ -136,6 +140,7 @@ class SimPhysicsDataset(Dataset):
         rows = self._rows()
         self.skipped: list[tuple[str, str]] = []
         self.scenes: list[tuple[SceneFiles, str]] = []
+        self.motion_cache = ChainedMotionCache(int(cfg.target_cache_mb * 2**20))
         for scene, prompt in rows:
             if cfg.split != "all" and is_val_scene(scene, cfg) != (cfg.split == "val"):
                 continue
@@ -173,8 +178,9 @@ class SimPhysicsDataset(Dataset):
         rgb = np.stack([read_rgb(files.rgb[i]) for i in picks])  # [T, h, w, 3]
         shape = rgb.shape[1:3]
         scale = cover_crop(c.height, c.width, shape)[0]
-        video = resize_crop(torch.from_numpy(rgb).permute(0, 3, 1, 2).float(), c.height, c.width, "bilinear")
-        motion = self._motion(files, picks, shape) * scale
+        motion = self._motion(files, picks, shape)
+        if scale != 1:
+            motion *= scale
         targets = picks[::c.target_stride]
         depth, valid = zip(*(read_depth(files.depth[i], shape) for i in targets), strict=True)
         depth_t = resize_crop(torch.from_numpy(np.stack(depth))[:, None], c.height, c.width, "nearest")
@@ -182,7 +188,7 @@ class SimPhysicsDataset(Dataset):
         if not valid_t.any():
             raise BadScene(files.depth[targets[0]].parent, "every depth value of the clip is invalid (0, inf or NaN)")
         return {
-            "video": (video / 127.5 - 1).clamp(-1, 1).transpose(0, 1).contiguous(),
+            "video": _video(rgb, c.height, c.width),
             "motion": resize_crop(motion, c.height, c.width, "bilinear").transpose(0, 1).contiguous(),
             "motion_valid": torch.tensor([False] + [True] * (len(targets) - 1)),
             "depth": depth_t.transpose(0, 1).contiguous(),
@@ -194,15 +200,36 @@ class SimPhysicsDataset(Dataset):
         """[T', 2, h, w]: per target frame, the displacement since the previous one, chained over
         every simulator step in between (the sampled frames' gaps and the target stride alike)."""
         c = self.cfg
-
-        def step(k: int) -> torch.Tensor:
-            return read_motion(files.motion[k], shape, c.motion_units, tuple(c.motion_sign))
-
         targets = picks[::c.target_stride]
-        out = [torch.zeros(2, *shape)]
-        for a, b in zip(targets[:-1], targets[1:], strict=True):
-            out.append(accumulate_motion([step(k) for k in range(a + 1, b + 1)]))
-        return torch.stack(out)
+        key = (files.scene, tuple(targets))
+        cached = self.motion_cache.get(key)
+        if cached is not None:
+            return cached
+
+        def step(k: int):
+            return read_motion_patch(files.motion[k], shape, c.motion_units, tuple(c.motion_sign))
+
+        out = torch.zeros(len(targets), 2, *shape)
+        for j, (a, b) in enumerate(zip(targets[:-1], targets[1:], strict=True), start=1):
+            out[j] = accumulate_motion([step(k) for k in range(a + 1, b + 1)], shape)
+        self.motion_cache.put(key, out)
+        return out
 
 
-__all__ = ["PRESETS", "SimPhysicsDataConfig", "SimPhysicsDataset", "is_val_scene"]
+def _video(rgb: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """[T, h, w, 3] uint8 -> [3, T, height, width] uint8: frames stay bytes until the device (a
+    quarter of the copying and of the host-to-device transfer; `video_to_unit_range` scales them
+    there), resized only when the size differs."""
+    frames = torch.from_numpy(rgb)
+    if tuple(rgb.shape[1:3]) == (height, width):
+        return frames.permute(3, 0, 1, 2).contiguous()
+    video = resize_crop(frames.permute(0, 3, 1, 2).float(), height, width, "bilinear")
+    return video.round_().clamp_(0, 255).to(torch.uint8).transpose(0, 1).contiguous()
+
+
+def video_to_unit_range(video: torch.Tensor) -> torch.Tensor:
+    """The dataset's uint8 frames as floats in [-1, 1] (float frames pass through)."""
+    return video.float().div_(127.5).sub_(1) if video.dtype == torch.uint8 else video
+
+
+__all__ = ["PRESETS", "SimPhysicsDataConfig", "SimPhysicsDataset", "is_val_scene", "video_to_unit_range"]

@@ -14,7 +14,8 @@ channel 0 along x (right), channel 1 along y (down), in pixels; channels 2-3 are
 not used. `motion_units: normalized` (fractions of the width / height) and `motion_sign` (e.g.
 `[1, -1]` for a y-up source) adapt other recordings. The original loaded, for two sampled frames
 2-3 simulator steps apart, only the last step's file; here the steps in between are chained
-(`accumulate_motion`), so the target is the whole displacement between the sampled frames.
+(`sim_physics_motion.accumulate_motion`), so the target is the whole displacement between the
+sampled frames.
 
 **Depth**: 0, inf, NaN and negative distances are invalid (the sky, a cleared buffer) and masked,
 never turned into 1e6 metres as the original did.
@@ -23,7 +24,6 @@ never turned into 1e6 metres as the original did.
 from __future__ import annotations
 
 import csv
-import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,93 +101,22 @@ def read_rgb(path: Path) -> np.ndarray:
         raise BadScene(path, f"unreadable image ({err})") from err
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def read_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:  # EOFError: a truncated or empty file
         raise BadScene(path, f"unreadable .npy ({err})") from err
-
-
-def read_motion(path: Path, shape: tuple[int, int], units: str = "pixels",
-                sign: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
-    """[2, H, W] float32 motion (dx, dy) in pixels of the recording, in our convention. An empty
-    file (some recorders write one for the first step) is no motion."""
-    mv = _read_npy(path)
-    if mv.size == 0:
-        return torch.zeros(2, *shape)
-    if mv.ndim != 3 or mv.shape[:2] != shape or mv.shape[2] != 4:
-        raise BadScene(path, f"motion vectors must be (H, W, 4) = ({shape[0]}, {shape[1]}, 4), got {mv.shape}")
-    motion = torch.from_numpy(np.ascontiguousarray(mv[..., :2].transpose(2, 0, 1), dtype=np.float32))  # one copy
-    motion = motion.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    scale = [s * (n if units == "normalized" else 1.0) for s, n in zip(sign, (shape[1], shape[0]), strict=True)]
-    if scale != [1.0, 1.0]:
-        motion *= torch.tensor(scale).view(2, 1, 1)
-    return motion
 
 
 def read_depth(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(depth [H, W] float32 metres with invalid pixels 0, valid [H, W] bool)."""
-    depth = _read_npy(path).astype(np.float32)
+    depth = read_npy(path).astype(np.float32)
     if depth.ndim == 3 and depth.shape[-1] == 1:
         depth = depth[..., 0]
     if depth.shape != shape:
         raise BadScene(path, f"depth must be (H, W) = {shape}, got {depth.shape}")
     valid = np.isfinite(depth) & (depth > 0)
     return np.where(valid, depth, 0.0).astype(np.float32), valid
-
-
-# ------------------------------------------------------------------------------- motion
-
-def sample_at(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of field [(N,) C, H, W] at pixel positions points [(N,) 2, H', W'] (x, y),
-    border-held."""
-    if field.ndim == 3:
-        return sample_at(field[None], points[None])[0]
-    h, w = field.shape[-2:]
-    grid = torch.stack([points[:, 0] / max(w - 1, 1) * 2 - 1, points[:, 1] / max(h - 1, 1) * 2 - 1], dim=-1)
-    return F.grid_sample(field, grid.to(field.dtype), mode="bilinear", padding_mode="border", align_corners=True)
-
-
-def accumulate_motion(steps: list[torch.Tensor]) -> torch.Tensor:
-    """The displacement from the frame before `steps[0]` to the frame of `steps[-1]`, on the last
-    frame's grid, from per-step motion (each [2, H, W], frame k's grid, motion since frame k-1):
-    each pixel is followed back step by step (sampling each step's motion where it is then)."""
-    h, w = steps[-1].shape[1:]
-    origin = pixel_grid(h, w)
-    position = origin.clone().view(2, -1)
-    for step in reversed(steps):
-        box = _moving_box(step)
-        if box is None:  # nothing moved in this step: every position stays
-            continue
-        (x0, y0), (x1, y1) = box
-        near = (position[0] > x0) & (position[0] < x1) & (position[1] > y0) & (position[1] < y1)
-        if near.any():  # only points that can sample a nonzero motion move (bilinear: within a pixel)
-            points = position[:, near].view(2, 1, -1)
-            position[:, near] = position[:, near] - sample_at(step, points).view(2, -1)
-    return origin - position.view(2, h, w)
-
-
-def _moving_box(step: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """((x0, y0), (x1, y1)) one pixel around where the step's motion is nonzero, or None."""
-    moving = (step != 0).any(0)
-    if not moving.any():
-        return None
-    rows, cols = moving.any(1).nonzero(), moving.any(0).nonzero()
-    return (int(cols[0]) - 1, int(rows[0]) - 1), (int(cols[-1]) + 1, int(rows[-1]) + 1)
-
-
-def warp_back(frame: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
-    """Frame a [(N,) C, H, W] seen on frame b's grid through the motion a -> b [(N,) 2, H, W] (on b's
-    grid): b(p) ~ a(p - m(p))."""
-    h, w = frame.shape[-2:]
-    return sample_at(frame, pixel_grid(h, w).to(motion.device) - motion)
-
-
-@functools.lru_cache(maxsize=8)
-def pixel_grid(h: int, w: int) -> torch.Tensor:
-    """[2, h, w] pixel coordinates (x, y), read-only (shared between calls)."""
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    return torch.stack([xs, ys])
 
 
 # ------------------------------------------------------------------------------- geometry

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from worldtune.data.formats.sim_physics_files import warp_back
+from worldtune.data.formats.sim_physics_motion import warp_back
 
 
 def upsample(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from worldtune.config import ConfigError
-from worldtune.data.formats.sim_physics import SimPhysicsDataset
+from worldtune.data.formats.sim_physics import SimPhysicsDataset, video_to_unit_range
 from worldtune.diffusion.flow_matching import (
     drop_conditions,
     flow_matching_loss,
@@ -107,7 +107,7 @@ class PhysicsRecipe(Recipe):
 
     def encode(self, parts: Parts, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         device = parts.model.patch_embedding.weight.device
-        latents = parts.frozen["vae"].encode(batch["video"].to(device)).float()
+        latents = parts.frozen["vae"].encode(video_to_unit_range(batch["video"].to(device))).float()
         text = parts.frozen["text_encoder"].encode(list(batch["prompt"]))
         return latents, pad_text([t.to(device) for t in text], parts.extras["text_len"])
 
