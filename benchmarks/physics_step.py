@@ -12,6 +12,7 @@ targets, backward and AdamW over what the stage trains, each variant in a fresh 
 is per process), order alternating by round, medians:
 - forward: the DiT's forward alone under no_grad (the floor of stage 1);
 - stage1: heads only (the DiT frozen, no video loss);
+- stage1_st: the same with the full spatio-temporal heads (the original's stage-1 script);
 - stage2: LoRA rank 32 + heads, video loss on.
 Data: `SimPhysicsDataset[i]` (pick, read, chain the motion over the gaps, resize, mask) against
 reading the same files with PIL / numpy and nothing else (the sampled frames' PNGs, the targets'
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 
-VARIANTS = ("forward", "stage1", "stage2")
+VARIANTS = ("forward", "stage1", "stage1_st", "stage2")
 
 
 def dit_config(size: str):
@@ -50,13 +51,13 @@ def side(args) -> dict:
 
     from worldtune.diffusion.flow_matching import flow_matching_loss
     from worldtune.models.lora import LoraSettings, add_lora
-    from worldtune.models.wan.physics import WanPhysicsModel
+    from worldtune.models.wan.physics import HeadKinds, WanPhysicsModel
     from worldtune.systems.physics.losses import depth_loss, motion_loss, upsample
 
     device = torch.device(args.device)
     torch.manual_seed(0)
     wan = dit_config(args.size)
-    model = WanPhysicsModel(wan)
+    model = WanPhysicsModel(wan, HeadKinds("full", "full") if args.variant == "stage1_st" else None)
     if args.variant == "stage2":
         add_lora(model, LoraSettings(rank=32, alpha=32.0))
     model.to(device)
@@ -108,8 +109,8 @@ def run_steps(args) -> None:
     print(f"Sim-Physics step, {args.size} DiT, {args.frames} frames at {args.resolution}^2, {args.device}; "
           f"medians over {args.rounds} rounds")
     for v in VARIANTS:
-        print(f"  {v:<8} {med[v]['step_s']:8.3f} s   peak +{med[v]['peak_bytes'] / 2**20:9.1f} MiB")
-    for a, b in (("stage1", "forward"), ("stage2", "stage1")):
+        print(f"  {v:<9} {med[v]['step_s']:8.3f} s   peak +{med[v]['peak_bytes'] / 2**20:9.1f} MiB")
+    for a, b in (("stage1", "forward"), ("stage1_st", "forward"), ("stage1_st", "stage1"), ("stage2", "stage1")):
         print(f"ratio {a}/{b}: time {med[a]['step_s'] / med[b]['step_s']:.3f}, "
               f"memory {med[a]['peak_bytes'] / med[b]['peak_bytes']:.3f}")
 

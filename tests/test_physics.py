@@ -112,6 +112,73 @@ def _initial_weights(run: Path) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in RECIPE.build_models(cfg).model.state_dict().items()}
 
 
+@pytest.mark.parametrize("kind", ["simple", "full"])
+def test_spatiotemporal_heads_start_per_frame_and_learn_across_frames(kind):
+    """The temporal modules start as the identity (each frame's output its own), and once trained
+    a frame's output depends on the others."""
+    from worldtune.models.wan.physics_heads import SpatioTemporalHead
+    from worldtune.models.wan.sizes import wan_config
+
+    torch.manual_seed(0)
+    grid, dim = (5, 8, 8), 32
+    head = SpatioTemporalHead(dim, 2, (1, 2, 2), kind=kind, features=16)
+    model = _with_head_init(head)
+    tokens, e = torch.randn(2, 5 * 64, dim), torch.randn(2, 1, dim)
+    later = tokens.clone()
+    later[:, 3 * 64:4 * 64] += torch.randn(2, 64, dim)  # frame 3 changes
+    first_frame = slice(0, 64)
+    out = model(tokens, e, grid)
+    assert out.shape == (2, 5 * 64, 8) and out.abs().max() < 1.0  # small last layer, as the plain heads
+    assert torch.allclose(model(later, e, grid)[:, first_frame], out[:, first_frame], atol=1e-6)
+    for name, param in model.named_parameters():
+        if name.endswith("proj_out.weight"):
+            torch.nn.init.normal_(param, std=0.1)  # as training moves them
+    assert not torch.allclose(model(later, e, grid)[:, first_frame], model(tokens, e, grid)[:, first_frame], atol=1e-4)
+    assert model.modulation.dtype == torch.float32 and not [b for b in model.buffers()]  # no RoPE buffer to break
+
+    from worldtune.models.wan.physics import HeadKinds, WanPhysicsModel
+
+    physics = WanPhysicsModel(wan_config("tiny-ti2v"), HeadKinds(motion=kind, depth=kind, features=16))
+    assert isinstance(physics.motion_head, SpatioTemporalHead) and not physics.motion_head.modulation.any()
+    result = physics(torch.randn(1, 48, 3, 4, 4), torch.tensor([300.0]), torch.randn(1, 32, 32))
+    assert result.motion.shape == (1, 2, 3, 4, 4) and result.log_depth.shape == (1, 1, 3, 4, 4)
+
+
+def _with_head_init(head):
+    """The head initialised by its own rules (as WanPhysicsModel does), torch defaults elsewhere."""
+    with torch.no_grad():
+        for name, param in head.named_parameters():
+            module_name, _, attr = name.rpartition(".")
+            rule = head.init_rule(module_name, attr)
+            if rule is not None:
+                param.copy_(rule(torch.empty_like(param), torch.Generator().manual_seed(0)))
+    return head
+
+
+def test_spatiotemporal_heads_train_export_and_reload_with_the_seed_switches(scenes, tmp_path):
+    from worldtune.config import seed_flag_overrides
+
+    _, flags = seed_flag_overrides(["--use_spatiotemporal_motion", "--use_spatiotemporal_depth",
+                                    "--spatiotemporal_depth_type", "simple", "--full_res_heads"])
+    overrides = [f"data.dataset_base_path={scenes}", f"output_dir={tmp_path / 'run'}", *flags,
+                 "model.spatiotemporal_features=16", "validation.every_steps=0", "checkpoint.every_steps=0"]
+    cfg = load_config(TINY, overrides)
+    assert (cfg.model.use_spatiotemporal_motion, cfg.model.spatiotemporal_motion_type) == (True, "full")
+    assert (cfg.model.spatiotemporal_depth_type, cfg.model.full_res_heads) == ("simple", True)
+    train_run(cfg)
+    trained = load_weights(tmp_path / "run" / "checkpoints" / "step_00000006")
+    assert any(k.startswith("motion_head.temporal_modules.3.") for k in trained)
+    assert any(k.startswith("depth_head.temporal.blocks.1.") for k in trained)
+    assert main(["export", str(tmp_path / "run")]) == 0
+    final = tmp_path / "run" / "export" / "final"
+    motion = torch.load(final / "motion_head.pth", weights_only=True)
+    assert motion["output_conv.1.weight"].shape[0] == 16  # 4 channels (2-3 zero) x 2x2 patch, as the original's
+    from worldtune.systems.physics.recipe import RECIPE
+
+    reloaded = RECIPE.build_models(load_config(TINY, [*overrides, f"model.pt_dir={final}"])).model.state_dict()
+    assert all(torch.equal(reloaded[k], trained[k]) for k in trained if k.startswith(HEADS))
+
+
 def test_prepare_metadata_command(scenes, tmp_path):
     out = tmp_path / "sim_physics_metadata.csv"
     assert main(["prepare", "sim-physics-metadata", str(scenes), "--out", str(out)]) == 0

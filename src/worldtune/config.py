@@ -97,6 +97,8 @@ SEED_FLAGS: dict[str, str] = {
     "save_steps": "checkpoint.every_steps",
     "gradient_accumulation_steps": "train.gradient_accumulation",
     "num_frames": "data.num_frames",
+    "spatiotemporal_motion_type": "model.spatiotemporal_motion_type",
+    "spatiotemporal_depth_type": "model.spatiotemporal_depth_type",
 }
 # Flags whose values are spelled differently: flag -> (our key, {their value: ours}).
 SEED_VALUE_FLAGS: dict[str, tuple[str, dict[str, str]]] = {
@@ -108,6 +110,11 @@ SEED_SWITCHES: dict[str, str] = {
     "debug": "log.log_frequency=1",  # the seeds' debug runs: every step's numbers on the console
     "verbose_logging": "log.log_frequency=1",
     "save_intermediate_outputs": "validation.save_videos=true",
+    # seed 4's
+    "full_res_heads": "model.full_res_heads=true",
+    "use_spatiotemporal_motion": "model.use_spatiotemporal_motion=true",
+    "use_spatiotemporal_depth": "model.use_spatiotemporal_depth=true",
+    "validate_dataset_paths": "data.on_bad_sample=skip",  # the original drops rows naming a missing scene
 }
 _BOOLEANS = {"true": True, "false": False}
 

@@ -11,6 +11,7 @@ the velocity. The motion head predicts (dx, dy) in output pixels, the depth head
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from worldtune.models.wan.dit import WanModel
 from worldtune.models.wan.layers import Head
+from worldtune.models.wan.physics_heads import SpatioTemporalHead
 from worldtune.models.wan.sizes import WanConfig
 
 MOTION_CHANNELS = 2  # dx, dy: the recordings' channels 2-3 are not motion (see data/formats/sim_physics_files.py)
@@ -32,19 +34,45 @@ class PhysicsOutput:
     log_depth: torch.Tensor  # [B, 1, F, h, w] log metres
 
 
+@dataclass(frozen=True)
+class HeadKinds:
+    """Which head each output gets: `plain` (Wan's output-head structure, the original's default),
+    or a spatio-temporal one, `simple` or `full` (`physics_heads.py`)."""
+
+    motion: str = "plain"
+    depth: str = "plain"
+    features: int = 256  # the full head's channels
+    temporal_blocks: int = 2
+
+    def make(self, kind: str, dim: int, channels: int, patch: tuple[int, int, int], eps: float) -> nn.Module:
+        if kind == "plain":
+            return Head(dim, channels, patch, eps)
+        return SpatioTemporalHead(dim, channels, patch, eps, kind=kind, features=self.features,
+                                  temporal_blocks=self.temporal_blocks)
+
+
 class WanPhysicsModel(WanModel):
     """A Wan DiT (TI2V for the seed) with `motion_head` and `depth_head`."""
 
     added_modules = ("motion_head.", "depth_head.")  # not in a base checkpoint: they start fresh
 
+    def __init__(self, config: WanConfig, heads: HeadKinds | None = None) -> None:
+        self.__dict__["head_kinds"] = heads or HeadKinds()  # read by _make_extra_modules, inside __init__
+        super().__init__(config)
+
     def _make_extra_modules(self) -> None:
-        c = self.config
-        self.motion_head = Head(c.dim, MOTION_CHANNELS, c.patch_size, c.eps)
-        self.depth_head = Head(c.dim, 1, c.patch_size, c.eps)
+        c, kinds = self.config, self.head_kinds
+        self.motion_head = kinds.make(kinds.motion, c.dim, MOTION_CHANNELS, c.patch_size, c.eps)
+        self.depth_head = kinds.make(kinds.depth, c.dim, 1, c.patch_size, c.eps)
 
     def _init_rule(self, module_name: str, module: nn.Module, attr: str):
         if not module_name.startswith(("motion_head", "depth_head")):
             return super()._init_rule(module_name, module, attr)
+        head_name, _, inner = module_name.partition(".")
+        head = getattr(self, head_name)
+        if isinstance(head, SpatioTemporalHead):
+            rule = head.init_rule(inner, attr)
+            return rule if rule is not None else super()._init_rule(module_name, module, attr)
         if attr == "modulation" or attr == "bias":
             return lambda t, g: t.zero_()  # the original's: zero modulation, zero bias
         if module_name.endswith(".head"):
@@ -61,37 +89,48 @@ class WanPhysicsModel(WanModel):
         sample = self.unpatchify(self.head(tokens, e), grid).float()
         if not heads:
             return sample
-        motion = self.unpatchify(self.motion_head(tokens, e), grid, MOTION_CHANNELS).float()
-        return PhysicsOutput(sample, motion, self.unpatchify(self.depth_head(tokens, e), grid, 1).float())
+        motion = self.unpatchify(self._head(self.motion_head, tokens, e, grid), grid, MOTION_CHANNELS).float()
+        return PhysicsOutput(sample, motion, self.unpatchify(self._head(self.depth_head, tokens, e, grid), grid, 1).float())
 
-
-def make_physics_model(config: WanConfig) -> WanPhysicsModel:
-    return WanPhysicsModel(config)
+    @staticmethod
+    def _head(head: nn.Module, tokens: torch.Tensor, e: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        return head(tokens, e, grid) if isinstance(head, SpatioTemporalHead) else head(tokens, e)
 
 
 # --------------------------------------------------------------------------- original files
 
+FINAL_LAYERS = ("head", "output_conv.1")  # the plain and simple heads' linear layer, the full head's 1x1 conv
+
+
+def _final_layer(state: dict[str, torch.Tensor]) -> str:
+    for name in FINAL_LAYERS:
+        if f"{name}.weight" in state and f"{name}.bias" in state:
+            return name
+    raise KeyError(f"no {' / '.join(n + '.weight' for n in FINAL_LAYERS)} with its bias")
+
+
 def to_original_motion_head(state: dict[str, torch.Tensor], patch: tuple[int, int, int]) -> dict[str, torch.Tensor]:
-    """Our motion head (2 channels) as the original's `motion_head.pth` (4 channels: 2-3 zero)."""
-    cells = patch[0] * patch[1] * patch[2]
-    weight = state["head.weight"].view(cells, MOTION_CHANNELS, -1)
-    bias = state["head.bias"].view(cells, MOTION_CHANNELS)
-    full_w = weight.new_zeros(cells, ORIGINAL_MOTION_CHANNELS, weight.shape[-1])
+    """Our motion head (2 channels) as the original's `motion_head.pth` (4 channels: 2-3 zero); the
+    final layer's outputs are `(x y z c)`, c fastest. Every other tensor is kept as it is."""
+    name, cells = _final_layer(state), math.prod(patch)
+    weight, bias = state[f"{name}.weight"], state[f"{name}.bias"]
+    full_w = weight.new_zeros(cells, ORIGINAL_MOTION_CHANNELS, *weight.shape[1:])
     full_b = bias.new_zeros(cells, ORIGINAL_MOTION_CHANNELS)
-    full_w[:, :MOTION_CHANNELS], full_b[:, :MOTION_CHANNELS] = weight, bias
-    return {"modulation": state["modulation"], "head.weight": full_w.flatten(0, 1), "head.bias": full_b.flatten()}
+    full_w[:, :MOTION_CHANNELS] = weight.view(cells, MOTION_CHANNELS, *weight.shape[1:])
+    full_b[:, :MOTION_CHANNELS] = bias.view(cells, MOTION_CHANNELS)
+    return {**state, f"{name}.weight": full_w.flatten(0, 1), f"{name}.bias": full_b.flatten()}
 
 
 def from_original_motion_head(state: dict[str, torch.Tensor], patch: tuple[int, int, int]) -> dict[str, torch.Tensor]:
     """The original's `motion_head.pth` (channels `(x y z c)`, c fastest) -> our (dx, dy) head."""
-    cells = patch[0] * patch[1] * patch[2]
-    rows = state["head.weight"].shape[0]
-    if rows % cells or rows // cells < MOTION_CHANNELS:
-        raise ValueError(f"motion head has {rows} outputs: not channels x {cells} patch cells")
-    channels = rows // cells
-    weight = state["head.weight"].view(cells, channels, -1)[:, :MOTION_CHANNELS].reshape(-1, state["head.weight"].shape[1])
-    bias = state["head.bias"].view(cells, channels)[:, :MOTION_CHANNELS].reshape(-1)
-    return {"modulation": state["modulation"], "head.weight": weight, "head.bias": bias}
+    name, cells = _final_layer(state), math.prod(patch)
+    weight, bias = state[f"{name}.weight"], state[f"{name}.bias"]
+    if weight.shape[0] % cells or weight.shape[0] // cells < MOTION_CHANNELS:
+        raise ValueError(f"motion head has {weight.shape[0]} outputs: not channels x {cells} patch cells")
+    channels = weight.shape[0] // cells
+    kept_w = weight.view(cells, channels, *weight.shape[1:])[:, :MOTION_CHANNELS].flatten(0, 1)
+    kept_b = bias.view(cells, channels)[:, :MOTION_CHANNELS].flatten()
+    return {**state, f"{name}.weight": kept_w, f"{name}.bias": kept_b}
 
 
 ORIGINAL_FILES = ("motion_head.pth", "depth_head.pth", "lora_weights.pth")

@@ -79,3 +79,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     real, imag = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
     return rotated.flatten(-2).to(x.dtype)
+
+
+def rope_1d(positions: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (cos, sin), each [positions, 1, head_dim/2]: rotary tables over one axis (a temporal
+    attention's frames), computed when needed, never stored in a module (nothing to cast or save)."""
+    angles = _band(positions, head_dim)
+    return torch.cos(angles).float().unsqueeze(1).to(device), torch.sin(angles).float().unsqueeze(1).to(device)

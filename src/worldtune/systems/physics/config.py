@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from worldtune.config import ConfigError, RunConfig
 from worldtune.data.formats.sim_physics import SimPhysicsDataConfig
+from worldtune.models.wan.physics import HeadKinds
 from worldtune.systems.vidar.config import OutputConfig
 from worldtune.systems.wan_parts import WanModelConfig
 
@@ -17,6 +18,25 @@ class PhysicsModelConfig(WanModelConfig):
     full_res_heads: bool = True
     # The timestep at which evaluation reads the heads (a lightly noised clip, as in training).
     eval_timestep: float = 200.0
+    # The original's spatio-temporal heads (attention across frames; models/wan/physics_heads.py):
+    # per head on or off, and its type, simple (one temporal module) or full (a 4-scale pyramid
+    # with a temporal module per scale and DPT fusion). Its stage-1 script turns both on, full.
+    use_spatiotemporal_motion: bool = False
+    use_spatiotemporal_depth: bool = False
+    spatiotemporal_motion_type: str = "full"
+    spatiotemporal_depth_type: str = "full"
+    spatiotemporal_features: int = 256
+    num_temporal_blocks: int = 2
+
+    def head_kinds(self) -> HeadKinds:
+        for key in ("spatiotemporal_motion_type", "spatiotemporal_depth_type"):
+            if getattr(self, key) not in ("simple", "full"):
+                raise ConfigError(f"model.{key} must be simple or full, got {getattr(self, key)!r}")
+        if self.spatiotemporal_features < 2 or self.num_temporal_blocks < 1:
+            raise ConfigError("model.spatiotemporal_features must be >= 2 and model.num_temporal_blocks >= 1")
+        return HeadKinds(motion=self.spatiotemporal_motion_type if self.use_spatiotemporal_motion else "plain",
+                         depth=self.spatiotemporal_depth_type if self.use_spatiotemporal_depth else "plain",
+                         features=self.spatiotemporal_features, temporal_blocks=self.num_temporal_blocks)
 
 
 @dataclass
@@ -44,6 +64,8 @@ class PhysicsLossConfig:
     video_loss_weight: float = 1.0
 
     def check(self) -> None:
+        # YAML 1.1 reads a bare `on` / `off` as a boolean
+        self.video_loss = {"true": "on", "false": "off"}.get(str(self.video_loss).lower(), self.video_loss)
         if not 0 < self.heads_max_sigma <= 1:
             raise ConfigError(f"loss.heads_max_sigma must be in (0, 1], got {self.heads_max_sigma}")
         for key, value, choices in (("motion_loss", self.motion_loss, ("epe", "l1", "mse")),

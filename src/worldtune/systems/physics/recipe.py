@@ -87,7 +87,9 @@ class PhysicsRecipe(Recipe):
             frozen = {"vae": vae, "text_encoder": build_text_encoder(cfg.model, wan)}
             extras["null_text"] = frozen["text_encoder"].encode([cfg.model.sampling.negative_prompt])[0]
         model_cfg, dit_weights = original_pt_dir(cfg, dit_weights)
-        model = build_dit(model_cfg, device=device, weights=dit_weights, make=WanPhysicsModel)
+        kinds = cfg.model.head_kinds()
+        model = build_dit(model_cfg, device=device, weights=dit_weights,
+                          make=lambda wan_config: WanPhysicsModel(wan_config, kinds))
         return Parts(model=model, train_dataset=None, frozen=frozen, trainable_aliases=self.trainable_aliases(cfg),
                      load_after_shard=dit_loader(cfg), cfg=cfg, extras=extras)
 
