@@ -35,7 +35,6 @@ import functools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -91,67 +90,35 @@ def train_side(args: argparse.Namespace) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()  # a host sync
 
-    first_loss = step()  # warm-up (allocator, kernels, AdamW state); the same loss for every variant
-    held = _peak_bytes(device, reset=True)
-    times = []
-    for _ in range(args.steps):
+    first_loss = step()  # the same loss for every variant (then measure_step's own warm-up and timing)
+    sys.path.insert(0, os.path.dirname(__file__))
+    from memory import measure_step
+
+    def timed() -> float:
         start = time.perf_counter()
         step()
-        times.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times), "peak_bytes": _peak_bytes(device) - held, "held_bytes": held,
-            "first_loss": first_loss, "params": sum(p.numel() for p in model.parameters())}
+        return time.perf_counter() - start
 
-
-def _peak_bytes(device, reset: bool = False) -> int:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        if reset:
-            torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.max_memory_allocated(device)
-    from memory import peak_rss, reset_peak_rss  # benchmarks/memory.py
-
-    if reset:
-        reset_peak_rss()
-    return peak_rss()
+    return {**measure_step(timed, device, args.steps), "first_loss": first_loss,
+            "params": sum(p.numel() for p in model.parameters())}
 
 
 def run_training(args: argparse.Namespace) -> None:
+    sys.path.insert(0, os.path.dirname(__file__))
+    from memory import run_variants
+
     height, width, image_size = SIZES[args.size]
-    env = dict(os.environ)
-    if args.device == "cpu":
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for round_index in range(args.rounds):
-        order = VARIANTS if round_index % 2 == 0 else VARIANTS[::-1]
-        for variant in order:
-            command = [sys.executable, __file__, "--side", "train", "--variant", variant, "--size", args.size,
-                       "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device]
-            proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-            if proc.returncode:
-                raise RuntimeError(f"{variant} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-            results[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            r = results[variant][-1]
-            print(f"  round {round_index + 1} {variant:<13} {r['step_s']:8.2f} s/step  step peak "
-                  f"{r['peak_bytes'] / 2**30:6.2f} GiB", flush=True)
-    params = results["baseline"][0]["params"]
-    print(f"IDM training, {args.size} size ({params / 1e6:.1f}M params), batch {args.batch}, frames {height}x{width} "
-          f"-> {image_size}x{image_size}, {args.device}; median over {args.rounds} processes x {args.steps} steps "
-          f"(after 1 warm-up step)")
-    summary = {}
-    for variant, runs in results.items():
-        step = statistics.median(r["step_s"] for r in runs)
-        peak = statistics.median(r["peak_bytes"] for r in runs)
-        held = statistics.median(r["held_bytes"] for r in runs)
-        summary[variant] = (args.batch / step, peak)
-        print(f"  {variant:<13} {args.batch / step:8.3f} samples/s ({step:7.2f} s/step)   step peak "
-              f"{peak / 2**30:6.2f} GiB (held {held / 2**30:5.2f} GiB)   first loss {runs[-1]['first_loss']:.6f}")
-    base_rate, base_peak = summary["baseline"]
+    med = run_variants(__file__, sys.argv[1:], VARIANTS, args.rounds)
+    print(f"IDM training, {args.size} size ({med['baseline']['params'] / 1e6:.1f}M params), batch {args.batch}, "
+          f"frames {height}x{width} -> {image_size}x{image_size}, {args.device}; medians over {args.rounds} "
+          f"processes x {args.steps} steps (after warm-up)")
+    for variant, r in med.items():
+        print(f"  {variant:<13} {args.batch / r['step_s']:8.3f} samples/s ({r['step_s']:7.2f} s/step)   step peak "
+              f"{r['peak_bytes'] / 2**30:6.2f} GiB   first loss {r['first_loss']:.6f}")
+    base = med["baseline"]
     for variant in VARIANTS[1:]:
-        rate, peak = summary[variant]
-        print(f"samples/s ratio {variant}/baseline: {rate / base_rate:.3f}")
-        print(f"peak memory ratio {variant}/baseline: {peak / base_peak:.3f}")
+        print(f"samples/s ratio {variant}/baseline: {base['step_s'] / med[variant]['step_s']:.3f}")
+        print(f"peak memory ratio {variant}/baseline: {med[variant]['peak_bytes'] / base['peak_bytes']:.3f}")
 
 
 def synthetic_video(frames: int, height: int, width: int):
@@ -228,10 +195,9 @@ def main() -> int:
     parser.add_argument("--label-batch", type=int, default=8, help="idm label's default is 32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", choices=("train", "label"), help="run one of the two measurements")
-    parser.add_argument("--side", choices=("train",), help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.side:
+    if args.variant:  # one training measurement, in its own process (benchmarks/memory.run_variants)
         print(json.dumps(train_side(args)))
         return 0
     if args.only != "label":
