@@ -6,10 +6,11 @@ scan of the root when there is none. A clip is `num_frames` frames spread evenly
 same geometry (motion values scaled with the resize).
 
 An item: `video` [3, T, H, W] uint8 (`video_to_unit_range` makes it [-1, 1] floats); targets at
-the sampled frames 0, s, 2s, ... (s = `target_stride`, 4: the frame each Wan latent frame ends on; T' = (T - 1) / s + 1 of them):
-`motion` [2, T', H, W] in output pixels, target k's being the displacement since target k-1 on its
-own grid (target 0: zeros, `motion_valid[0]` False); `depth` [1, T', H, W] metres with
-`depth_valid` (invalid pixels 0); `prompt`, `scene`, `frame_indices` (the T sampled frames).
+the sampled frames 0, s, 2s, ... (s = `target_stride`, 4: the frame each Wan latent frame ends on;
+T' = (T - 1) / s + 1 of them): `motion` [2, T', H, W] in output pixels, target k's being the
+displacement since target k-1 on its own grid (target 0: zeros, `motion_valid[0]` False); `depth`
+[1, T', H, W] metres with `depth_valid` (invalid pixels 0); `prompt`, `scene`, `frame_indices` (the
+T sampled frames).
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ from worldtune.data.formats.sim_physics_files import (
     scene_files,
     scene_prompt,
 )
-from worldtune.data.formats.sim_physics_motion import ChainedMotionCache, accumulate_motion, read_motion_patch
+from worldtune.data.formats.sim_physics_motion import (
+    ChainedMotionCache,
+    MotionPatch,
+    accumulate_motion,
+    read_motion_patch,
+)
 
 logger = logging.getLogger("worldtune")
 
@@ -206,7 +212,7 @@ class SimPhysicsDataset(Dataset):
         if cached is not None:
             return cached
 
-        def step(k: int):
+        def step(k: int) -> MotionPatch | None:
             return read_motion_patch(files.motion[k], shape, c.motion_units, tuple(c.motion_sign))
 
         out = torch.zeros(len(targets), 2, *shape)
