@@ -17,7 +17,7 @@ is per process), order alternating by round, medians:
 Data: `SimPhysicsDataset[i]` (pick, read, chain the motion over the gaps, resize, mask) against
 reading the same files with PIL / numpy and nothing else (the sampled frames' PNGs, the targets'
 depth, and every simulator step's motion file, which the chained target needs): samples/s ratio,
-goal >= 0.9.
+goal >= 0.9, for a scene read again (its chained targets cached) and for a first read.
 """
 
 from __future__ import annotations

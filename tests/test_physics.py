@@ -156,7 +156,7 @@ def _with_head_init(head):
 
 
 def test_spatiotemporal_heads_train_export_and_reload_with_the_seed_switches(scenes, tmp_path):
-    from worldtune.config import seed_flag_overrides
+    from worldtune.config import ConfigError, seed_flag_overrides
 
     _, flags = seed_flag_overrides(["--use_spatiotemporal_motion", "--use_spatiotemporal_depth",
                                     "--spatiotemporal_depth_type", "simple", "--full_res_heads"])
@@ -175,8 +175,13 @@ def test_spatiotemporal_heads_train_export_and_reload_with_the_seed_switches(sce
     assert motion["output_conv.1.weight"].shape[0] == 16  # 4 channels (2-3 zero) x 2x2 patch, as the original's
     from worldtune.systems.physics.recipe import RECIPE
 
-    reloaded = RECIPE.build_models(load_config(TINY, [*overrides, f"model.pt_dir={final}"])).model.state_dict()
+    model = RECIPE.build_models(load_config(TINY, [*overrides, f"model.pt_dir={final}"])).model
+    reloaded = model.state_dict()
     assert all(torch.equal(reloaded[k], trained[k]) for k in trained if k.startswith(HEADS))
+    out = model(torch.randn(1, 48, 3, 4, 4), torch.tensor([300.0]), torch.randn(1, 32, 32))  # and it runs
+    assert out.motion.shape == (1, 2, 3, 4, 4) and torch.isfinite(out.motion).all()
+    with pytest.raises(ConfigError, match="model.spatiotemporal_depth_type must be simple or full"):
+        load_config(TINY, [*overrides, "model.spatiotemporal_depth_type=dpt"])
 
 
 def test_prepare_metadata_command(scenes, tmp_path):

@@ -176,10 +176,11 @@ class SpatioTemporalHead(nn.Module):
         (each starts as the identity); the last layer small (xavier, gain 0.01), as the plain heads."""
         if attr == "modulation" or attr == "bias" or module_name.endswith("proj_out"):
             return lambda t, g: t.zero_()
-        if isinstance(self.get_submodule(module_name), nn.LayerNorm):
-            return lambda t, g: t.fill_(1.0) if attr == "weight" else t.zero_()
+        module = self.get_submodule(module_name)
+        if isinstance(module, nn.LayerNorm):
+            return lambda t, g: t.fill_(1.0)
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            return None
         last = "head" if self.kind == "simple" else f"output_conv.{len(self.output_conv) - 1}"
         gain = 0.01 if module_name == last else 1.0
-        if module_name == last or isinstance(self.get_submodule(module_name), (nn.Linear, nn.Conv2d)):
-            return lambda t, g: nn.init.xavier_uniform_(t.view(t.shape[0], -1), gain=gain, generator=g).view(t.shape)
-        return None
+        return lambda t, g: nn.init.xavier_uniform_(t.view(t.shape[0], -1), gain=gain, generator=g).view(t.shape)

@@ -28,12 +28,14 @@ class PhysicsModelConfig(WanModelConfig):
     spatiotemporal_features: int = 256
     num_temporal_blocks: int = 2
 
-    def head_kinds(self) -> HeadKinds:
+    def check(self) -> None:
         for key in ("spatiotemporal_motion_type", "spatiotemporal_depth_type"):
             if getattr(self, key) not in ("simple", "full"):
                 raise ConfigError(f"model.{key} must be simple or full, got {getattr(self, key)!r}")
         if self.spatiotemporal_features < 2 or self.num_temporal_blocks < 1:
             raise ConfigError("model.spatiotemporal_features must be >= 2 and model.num_temporal_blocks >= 1")
+
+    def head_kinds(self) -> HeadKinds:
         return HeadKinds(motion=self.spatiotemporal_motion_type if self.use_spatiotemporal_motion else "plain",
                          depth=self.spatiotemporal_depth_type if self.use_spatiotemporal_depth else "plain",
                          features=self.spatiotemporal_features, temporal_blocks=self.num_temporal_blocks)

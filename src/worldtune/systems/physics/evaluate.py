@@ -99,7 +99,8 @@ def table(report: dict[str, Any]) -> str:
              f"  motion EPE (px)      {m['motion/epe']:9.4f}   zero motion {m['motion/zero_epe']:9.4f}",
              *([f"    moving pixels      {m['motion/epe_moving']:9.4f}   zero motion {m['motion/zero_epe_moving']:9.4f}"]
                if "motion/epe_moving" in m else []),
-             f"    still pixels       {m['motion/epe_still']:9.4f}   zero motion    0.0000",
+             *([f"    still pixels       {m['motion/epe_still']:9.4f}   zero motion    0.0000"]
+               if "motion/epe_still" in m else []),
              f"  depth AbsRel         {m['depth/abs_rel']:9.4f}   clip median {m['depth/median_abs_rel']:9.4f}",
              f"  depth delta<1.25     {m['depth/delta1']:9.4f}   clip median {m['depth/median_delta1']:9.4f}",
              f"  video loss           {m['video/mse_loss']:9.4f}   base model  {m['video/base_mse_loss']:9.4f}"]
